@@ -1,0 +1,145 @@
+"""Element-wise arithmetic: Add/Sub/Mul/Div/Neg with constants, Add/Sub of two variables.
+
+Products and quotients of two variables are relaxed in `bilinear.py`; this file dispatches to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+from onnx2torch.node_converters.neg import OnnxNeg
+from onnx2torch.utils.common import old_style_broadcast
+from torch import Tensor
+
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+from verifier.bounds.shape import Reshape
+
+
+class Affine(Rule):
+    """`y = x * scale + shift`, with constants broadcast against the per-sample shape of x."""
+
+    def __init__(self, in_shape: tuple[int, ...], scale: Tensor | None, shift: Tensor | None) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale is not None:
+            x = x * self.scale
+        if self.shift is not None:
+            x = x + self.shift
+        return x
+
+    def ibp(self, x: Interval) -> Interval:
+        center, radius = self.forward(x.center), x.radius
+        if self.scale is not None:
+            radius = radius * self.scale.abs()
+        elif radius.shape != center.shape:
+            radius = radius.expand_as(center)
+        return Interval.from_center(center, radius)
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        bias = 0.0
+        if self.shift is not None:
+            bias = row_sum(coeffs * self.shift)
+        if self.scale is not None:
+            coeffs = coeffs * self.scale
+        return Backward([sum_to_shape(coeffs, self.in_shape)], bias)
+
+
+class WeightedSum(Rule):
+    """`y = sum_i weights[i] * x_i` over variables of broadcast-compatible per-sample shapes."""
+
+    def __init__(self, weights: tuple[float, ...], in_shapes: list[tuple[int, ...]]) -> None:
+        super().__init__()
+        self.weights = weights
+        self.in_shapes = in_shapes
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        total = xs[0] * self.weights[0]
+        for weight, x in zip(self.weights[1:], xs[1:]):
+            total = total + weight * x
+        return total
+
+    def ibp(self, *xs: Interval) -> Interval:
+        lower = upper = 0.0
+        for weight, x in zip(self.weights, xs):
+            low, high = (x.lower, x.upper) if weight >= 0 else (x.upper, x.lower)
+            lower = lower + weight * low
+            upper = upper + weight * high
+        return Interval(lower, upper)
+
+    def backward(self, coeffs: Tensor, *xs: Interval | None) -> Backward:
+        return Backward([sum_to_shape(coeffs * w, shape) for w, shape in zip(self.weights, self.in_shapes)])
+
+
+def align_rank(builder, value, rank: int):
+    """Prepend size-1 axes to a variable so that its per-sample rank is `rank` (for broadcasting)."""
+    shape = value.shape
+    if len(shape) >= rank:
+        return value
+    return builder.add(Reshape(shape, (1,) * (rank - len(shape)) + tuple(shape)), [value])
+
+
+def affine(builder, x, scale: Tensor | None = None, shift: Tensor | None = None):
+    """Add `x * scale + shift` (constants in the model's per-sample layout) to the graph."""
+    rank = max([len(x.shape)] + [t.dim() for t in (scale, shift) if t is not None])
+    x = align_rank(builder, x, rank)
+    cast = [None if t is None else t.to(builder.dtype) for t in (scale, shift)]
+    return builder.add(Affine(x.shape, *cast), [x])
+
+
+def _as_tensor(builder, value) -> Tensor:
+    tensor = torch.as_tensor(value)
+    if not tensor.is_floating_point():
+        tensor = tensor.to(builder.dtype)
+    return tensor
+
+
+@register(OnnxBinaryMathOperation, "Add", "Sub", "Mul", "Div")
+def binary_factory(builder, module, args):
+    first, second = args
+    if module.broadcast == 1 and module.axis is not None:
+        if builder.is_variable(second):
+            raise Unsupported("legacy axis broadcasting of a variable operand")
+        second = old_style_broadcast(builder.evaluate_operand(first), second, module.axis)
+    op = module.math_op_function.__name__
+    variable = [builder.is_variable(a) for a in (first, second)]
+    if all(variable):
+        return _two_variables(builder, op, first, second)
+    x, constant = (first, second) if variable[0] else (second, first)
+    constant = _as_tensor(builder, constant)
+    if op == "add":
+        return affine(builder, x, shift=constant)
+    if op == "sub":
+        return affine(builder, x, shift=-constant) if variable[0] else affine(builder, x, -torch.ones(()), constant)
+    if op == "mul":
+        return affine(builder, x, scale=constant)
+    if op == "_onnx_div" and variable[0]:
+        return affine(builder, x, scale=1.0 / constant)
+    if op == "_onnx_div":
+        from verifier.bounds.smooth import reciprocal
+
+        return affine(builder, reciprocal(builder, x), scale=constant)
+    raise Unsupported(f"binary operation '{op}'")
+
+
+def _two_variables(builder, op: str, first, second):
+    from verifier.bounds import bilinear
+
+    if op in ("add", "sub"):
+        rank = max(len(first.shape), len(second.shape))
+        first, second = align_rank(builder, first, rank), align_rank(builder, second, rank)
+        weights = (1.0, 1.0 if op == "add" else -1.0)
+        return builder.add(WeightedSum(weights, [first.shape, second.shape]), [first, second])
+    if op == "mul":
+        return bilinear.multiply(builder, first, second)
+    if op == "_onnx_div":
+        return bilinear.divide(builder, first, second)
+    raise Unsupported(f"binary operation '{op}' of two variables")
+
+
+@register(OnnxNeg, "Neg")
+def neg_factory(builder, module, args):
+    return affine(builder, args[0], scale=-torch.ones(()))

@@ -1,0 +1,97 @@
+"""Products of two variables: element-wise Mul, MatMul, and quotients as x * (1/y).
+
+Each product term x*y with x in [lx, ux], y in [ly, uy] is bounded by the McCormick planes. We use
+the average of the two planes on each side, which has the same gap (rx * ry) at the centre as
+either plane and needs no choice:
+    lower:  cy x + cx y - (lx ly + ux uy) / 2
+    upper:  cy x + cx y - (lx uy + ux ly) / 2
+Both lines share their slopes, so a backward step sends A * cy to x and A * cx to y whatever the
+sign of A, and only the bias depends on the sign. A zero-width operand makes the planes exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verifier.bounds.arith import align_rank
+from verifier.bounds.core import Backward, Interval, Rule, row_sum, sum_to_shape
+from verifier.bounds.smooth import Power, reciprocal
+
+
+class Multiply(Rule):
+    """Element-wise x * y of two variables (broadcast)."""
+
+    needs_bounds = True
+
+    def __init__(self, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.x_shape, self.y_shape = x_shape, y_shape
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x * y
+
+    def ibp(self, x: Interval, y: Interval) -> Interval:
+        products = torch.stack([x.lower * y.lower, x.lower * y.upper, x.upper * y.lower, x.upper * y.upper])
+        return Interval(products.amin(0), products.amax(0))
+
+    def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
+        positive = coeffs.clamp(min=0)
+        negative = coeffs - positive
+        lower_offset = (x.lower * y.lower + x.upper * y.upper).unsqueeze(1) / 2
+        upper_offset = (x.lower * y.upper + x.upper * y.lower).unsqueeze(1) / 2
+        bias = -row_sum(positive * lower_offset + negative * upper_offset)
+        to_x = sum_to_shape(coeffs * y.center.unsqueeze(1), self.x_shape)
+        to_y = sum_to_shape(coeffs * x.center.unsqueeze(1), self.y_shape)
+        return Backward([to_x, to_y], bias)
+
+
+class MatMulVariables(Rule):
+    """x @ y of two variables over the last two axes (leading axes broadcast)."""
+
+    needs_bounds = True
+
+    def __init__(self, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.x_shape, self.y_shape = x_shape, y_shape
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return x @ y
+
+    def ibp(self, x: Interval, y: Interval) -> Interval:
+        cx, rx, cy, ry = x.center, x.radius, y.center, y.radius
+        radius = cx.abs() @ ry + rx @ cy.abs() + rx @ ry
+        return Interval.from_center(cx @ cy, radius)
+
+    def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
+        positive = coeffs.clamp(min=0)
+        negative = coeffs - positive
+        lx, ux, ly, uy = (t.unsqueeze(1) for t in (x.lower, x.upper, y.lower, y.upper))
+        lower_offset = (lx @ ly + ux @ uy) / 2
+        upper_offset = (lx @ uy + ux @ ly) / 2
+        bias = -row_sum(positive * lower_offset + negative * upper_offset)
+        to_x = sum_to_shape(coeffs @ y.center.unsqueeze(1).transpose(-1, -2), self.x_shape)
+        to_y = sum_to_shape(x.center.unsqueeze(1).transpose(-1, -2) @ coeffs, self.y_shape)
+        return Backward([to_x, to_y], bias)
+
+
+def multiply(builder, x, y):
+    if x is y:
+        return builder.add(Power(2.0), [x])
+    rank = max(len(x.shape), len(y.shape))
+    x, y = align_rank(builder, x, rank), align_rank(builder, y, rank)
+    return builder.add(Multiply(x.shape, y.shape), [x, y])
+
+
+def divide(builder, x, y):
+    return multiply(builder, x, reciprocal(builder, y))
+
+
+def matmul_variables(builder, x, y):
+    from verifier.bounds.core import Unsupported
+
+    if len(x.shape) < 2 or len(y.shape) < 2:
+        raise Unsupported("MatMul of two variables with a vector operand")
+    rank = max(len(x.shape), len(y.shape))
+    x, y = align_rank(builder, x, rank), align_rank(builder, y, rank)
+    return builder.add(MatMulVariables(x.shape, y.shape), [x, y])

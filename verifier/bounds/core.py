@@ -1,0 +1,132 @@
+"""What every operator rule provides, and the table that maps converted modules to rules.
+
+Shapes: every tensor the engine hands to a rule has a leading *batch* axis B (one entry per input
+box) in front of the node's per-sample shape (the shape the ONNX model itself gives that value,
+its own batch axis of size 1 included). Linear coefficient tensors have shape [B, m, *shape]: m
+rows, each one linear function whose lower bound is wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Interval:
+    """Element-wise bounds `lower <= value <= upper`, each of shape [B, *shape]."""
+
+    lower: Tensor
+    upper: Tensor
+
+    @property
+    def center(self) -> Tensor:
+        return (self.upper + self.lower) / 2
+
+    @property
+    def radius(self) -> Tensor:
+        return (self.upper - self.lower) / 2
+
+    @staticmethod
+    def point(value: Tensor) -> Interval:
+        return Interval(value, value)
+
+    @staticmethod
+    def from_center(center: Tensor, radius: Tensor) -> Interval:
+        return Interval(center - radius, center + radius)
+
+    def intersect(self, other: Interval) -> Interval:
+        return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+
+
+@dataclass
+class Backward:
+    """Result of a backward rule: coefficients per variable input (None: no dependence) and bias [B, m]."""
+
+    inputs: list[Tensor | None]
+    bias: Tensor | float = 0.0
+
+
+class Rule(nn.Module):
+    """Bound rules of one operator instance; constants are buffers, variable operands are arguments.
+
+    Subclasses implement `forward` (concrete, batched), `ibp` and, where a linear rule exists,
+    `backward`. `needs_bounds` says whether `backward` uses the intervals of the inputs.
+    """
+
+    needs_bounds = False
+    has_linear_rule = True
+    # True for bijective layout changes (reshape, transpose): the image of a box is a box.
+    preserves_box = False
+
+    def ibp(self, *inputs: Interval) -> Interval:
+        raise NotImplementedError
+
+    def backward(self, coeffs: Tensor, *inputs: Interval | None) -> Backward:
+        """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
+        raise NotImplementedError
+
+    def relevant(self, bounds: Interval) -> Tensor | None:
+        """Which neurons of an input benefit from tighter bounds ([B, *shape] bool); None: all."""
+        return None
+
+
+class Unsupported(Exception):
+    """A module (or a use of it) that no rule covers; the message says what."""
+
+
+Factory = Callable[..., object]
+_FACTORIES: dict[type, Factory] = {}
+_ONNX_OPS: set[str] = set()
+
+
+def register(module_type: object, *onnx_ops: str) -> Callable[[Factory], Factory]:
+    """Register `factory(builder, module, args)` for a converted module type.
+
+    `args` holds, for each operand in order, a builder value (a variable) or a constant. The
+    factory adds nodes through `builder.add(rule, inputs)` and returns the value (or tuple of
+    values) standing for the module's output; it raises Unsupported for uses it cannot bound.
+    """
+
+    def wrap(factory: Factory) -> Factory:
+        _FACTORIES[module_type] = factory
+        _ONNX_OPS.update(onnx_ops)
+        return factory
+
+    return wrap
+
+
+def factory_for(module: object) -> Factory | None:
+    """The factory for a module instance, or for a plain function such as operator.getitem."""
+    if not isinstance(module, nn.Module) and module in _FACTORIES:
+        return _FACTORIES[module]
+    for cls in type(module).__mro__:
+        if cls in _FACTORIES:
+            return _FACTORIES[cls]
+    return None
+
+
+def supported_onnx_ops() -> frozenset[str]:
+    return frozenset(_ONNX_OPS)
+
+
+def sum_to_shape(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum a broadcast result [B, m, *bigger] back to [B, m, *shape] (the adjoint of broadcasting)."""
+    lead = tensor.dim() - len(shape)
+    if tuple(tensor.shape[lead:]) == tuple(shape):
+        return tensor
+    extra = lead - 2
+    if extra > 0:
+        tensor = tensor.sum(dim=tuple(range(2, 2 + extra)))
+    dims = tuple(2 + i for i, (got, want) in enumerate(zip(tensor.shape[2:], shape)) if got != want and want == 1)
+    if dims:
+        tensor = tensor.sum(dim=dims, keepdim=True)
+    return tensor
+
+
+def row_sum(tensor: Tensor) -> Tensor:
+    """Sum a coefficient-shaped tensor [B, m, *shape] over its per-sample axes, giving [B, m]."""
+    return tensor.reshape(tensor.shape[0], tensor.shape[1], -1).sum(-1)

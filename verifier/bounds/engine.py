@@ -1,0 +1,171 @@
+"""IBP and CROWN over a Network. Knows no operator: every step goes through a node's rule.
+
+CROWN computes a linear lower bound of <A, z_start> by walking the ancestors of `start` in reverse
+topological order: each rule maps the coefficients of its output to its inputs (summed where a
+value has several consumers) and adds a bias; at the input the linear function is concretized
+over the box. Intermediate bounds, which relaxations need, come from the same sweep started at
+each node that feeds a relaxed operator, restricted to the neurons that operator says matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from verifier.bounds.core import Interval
+from verifier.bounds.network import Network
+
+# Largest coefficient tensor (elements) one backward sweep may hold; larger work is chunked.
+COEFF_BUDGET = 1 << 25
+
+
+@dataclass
+class LinearBound:
+    """Lower bounds [B, m] of linear functions, with the magnitude of the terms summed into them.
+
+    `magnitude` (same shape) bounds the absolute values that were added up, so that a caller can
+    size the floating-point margin of a comparison with the bound.
+    """
+
+    lower: Tensor
+    magnitude: Tensor
+
+
+def _sanitize(bounds: Interval) -> Interval:
+    """NaN (from inf - inf outside a function's domain) means unbounded."""
+    return Interval(torch.nan_to_num(bounds.lower, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf),
+                    torch.nan_to_num(bounds.upper, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf))
+
+
+def interval_bounds(network: Network, box: Interval) -> list[Interval]:
+    """IBP: an interval for every node, for the batch of boxes `box` ([B, *input_shape])."""
+    bounds = [box]
+    for node in network.nodes[1:]:
+        rule = network.rules[node.rule]
+        bounds.append(_sanitize(rule.ibp(*(bounds[i] for i in node.inputs))))
+    return bounds
+
+
+def interval_concretize(coeffs: Tensor, bounds: Interval) -> LinearBound:
+    """Lower bound of <coeffs, z> [B, m] for z in the interval (coeffs [B, m, *shape])."""
+    flat = coeffs.reshape(coeffs.shape[0], coeffs.shape[1], -1)
+    lower = bounds.lower.reshape(bounds.lower.shape[0], 1, -1)
+    upper = bounds.upper.reshape(bounds.upper.shape[0], 1, -1)
+    positive = flat.clamp(min=0)
+    negative = flat - positive
+    # where a coefficient is 0 an infinite bound must not produce NaN
+    value = torch.where(positive != 0, positive * lower, 0.0) + torch.where(negative != 0, negative * upper, 0.0)
+    size = torch.maximum(lower.abs(), upper.abs())
+    magnitude = torch.where(flat != 0, flat.abs() * size, 0.0)
+    return LinearBound(value.sum(-1), magnitude.sum(-1))
+
+
+def backward_bound(network: Network, start: int, coeffs: Tensor, bounds: list[Interval | None]) -> LinearBound:
+    """Lower bound of <coeffs, z_start> over the input box bounds[0]; coeffs [B, m, *shape(start)].
+
+    `bounds` must hold intervals for every node whose rule needs them; nodes without a linear
+    rule are concretized with their interval (sound, looser).
+    """
+    pending: dict[int, Tensor] = {start: coeffs}
+    total = LinearBound(coeffs.new_zeros(coeffs.shape[:2]), coeffs.new_zeros(coeffs.shape[:2]))
+    for index in reversed(network.ancestors(start)):
+        node_coeffs = pending.pop(index, None)
+        if node_coeffs is None:
+            continue
+        if index == 0:
+            part = interval_concretize(node_coeffs, bounds[0])
+            total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
+            continue
+        node = network.nodes[index]
+        rule = network.rules[node.rule]
+        if not rule.has_linear_rule:
+            part = interval_concretize(node_coeffs, bounds[index])
+            total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
+            continue
+        inputs = [bounds[i] for i in node.inputs] if rule.needs_bounds else [None] * len(node.inputs)
+        step = rule.backward(node_coeffs, *inputs)
+        if not isinstance(step.bias, float):
+            total = LinearBound(total.lower + step.bias, total.magnitude + step.bias.abs())
+        for source, source_coeffs in zip(node.inputs, step.inputs):
+            if source_coeffs is None:
+                continue
+            pending[source] = pending[source] + source_coeffs if source in pending else source_coeffs
+    lower = torch.nan_to_num(total.lower, nan=-torch.inf)
+    return LinearBound(lower, total.magnitude)
+
+
+def nodes_to_refine(network: Network) -> set[int]:
+    """Nodes whose interval a relaxation uses and where CROWN can improve on IBP.
+
+    Skipped: outputs of relaxed operators (the sweep would cross their own relaxation, which
+    is no tighter than IBP of their refined inputs) and linear images of the input box, where
+    IBP's centre/radius form is already exact.
+    """
+    is_box = [True] + [False] * (len(network.nodes) - 1)
+    exact = [True] + [False] * (len(network.nodes) - 1)
+    for index, node in enumerate(network.nodes[1:], start=1):
+        rule = network.rules[node.rule]
+        single_box_input = len(node.inputs) == 1 and is_box[node.inputs[0]]
+        is_box[index] = single_box_input and rule.preserves_box
+        exact[index] = single_box_input and not rule.needs_bounds and rule.has_linear_rule
+    needed: set[int] = set()
+    for node in network.nodes[1:]:
+        if network.rules[node.rule].needs_bounds:
+            needed.update(node.inputs)
+    return {i for i in needed if not exact[i] and not network.rule(i).needs_bounds}
+
+
+def crown_bounds(network: Network, box: Interval) -> list[Interval | None]:
+    """Intervals for every node: IBP from the best bounds so far, tightened by CROWN where needed."""
+    needed = nodes_to_refine(network)
+    bounds: list[Interval | None] = [box]
+    for index, node in enumerate(network.nodes[1:], start=1):
+        rule = network.rules[node.rule]
+        current = _sanitize(rule.ibp(*(bounds[i] for i in node.inputs)))
+        if index in needed:
+            current = _refine(network, index, current, bounds)
+        bounds.append(current)
+    return bounds
+
+
+def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None]) -> Interval:
+    """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
+    batch = current.lower.shape[0]
+    relevant = None
+    for consumer in network.consumers[index]:
+        mask = network.rules[network.nodes[consumer].rule].relevant(current)
+        if mask is None:
+            relevant = torch.ones_like(current.lower, dtype=torch.bool)
+            break
+        relevant = mask if relevant is None else relevant | mask
+    if relevant is None:
+        return current
+    positions = relevant.reshape(batch, -1).any(0).nonzero().flatten()
+    if positions.numel() == 0:
+        return current
+    shape = network.nodes[index].shape
+    numel = relevant[0].numel()
+    widest = max(_numel(network.nodes[i].shape) for i in network.ancestors(index))
+    chunk = max(1, COEFF_BUDGET // (2 * batch * max(widest, numel)))
+    lower = current.lower.reshape(batch, -1).clone()
+    upper = current.upper.reshape(batch, -1).clone()
+    for begin in range(0, positions.numel(), chunk):
+        part = positions[begin:begin + chunk]
+        rows = part.numel()
+        coeffs = current.lower.new_zeros(batch, 2 * rows, numel)
+        span = torch.arange(rows, device=part.device)
+        coeffs[:, span, part] = 1.0
+        coeffs[:, rows + span, part] = -1.0
+        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * rows, *shape), bounds).lower
+        lower[:, part] = torch.maximum(lower[:, part], bound[:, :rows])
+        upper[:, part] = torch.minimum(upper[:, part], -bound[:, rows:])
+    return Interval(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total

@@ -1,0 +1,255 @@
+"""The affine family: Linear (Gemm), MatMul with a constant, Conv, ConvTranspose, BatchNorm, reductions.
+
+Each rule is exact: IBP uses the centre/radius form (`W c + b ± |W| r`) and the backward rule is
+the adjoint of the linear map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters import global_average_pool, matmul, reduce
+from torch import Tensor, nn
+
+from verifier.bounds.arith import affine
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+from verifier.bounds.shape import Reshape, Transpose
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class Linear(Rule):
+    """`y = x @ weight.T + bias` on the last axis; weight [out, in]."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval.from_center(self.forward(x.center), F.linear(x.radius, self.weight.abs()))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        bias = 0.0
+        if self.bias is not None:
+            bias = row_sum(coeffs @ self.bias)
+        return Backward([coeffs @ self.weight], bias)
+
+
+class Conv(Rule):
+    """N-d convolution on the trailing (channels, *spatial) axes of the per-sample shape."""
+
+    def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = len(module.kernel_size)
+        padding = module.padding
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise Unsupported(f"convolution padding '{padding}'")
+            padding = (0,) * self.dims
+        if module.padding_mode != "zeros":
+            raise Unsupported(f"convolution padding mode '{module.padding_mode}'")
+        self.register_buffer("weight", module.weight.detach())
+        self.register_buffer("bias", None if module.bias is None else module.bias.detach())
+        self.stride, self.padding, self.dilation = module.stride, padding, module.dilation
+        self.groups = module.groups
+        self.in_shape, self.out_shape = in_shape, out_shape
+        kernel = module.weight.shape[2:]
+        self.output_padding = tuple(
+            in_shape[-self.dims + i] - ((out_shape[-self.dims + i] - 1) * self.stride[i] - 2 * padding[i]
+                                        + self.dilation[i] * (kernel[i] - 1) + 1)
+            for i in range(self.dims)
+        )
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        images = x.reshape(-1, *self.in_shape[-self.dims - 1:])
+        out = _CONV[self.dims](images, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return out.reshape(x.shape[0], *self.out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv(x, self.weight, self.bias)
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval.from_center(self.forward(x.center), self._conv(x.radius, self.weight.abs(), None))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        lead = coeffs.shape[:2]
+        maps = coeffs.reshape(-1, *self.out_shape[-self.dims - 1:])
+        bias = 0.0
+        if self.bias is not None:
+            per_channel = coeffs.reshape(*lead, -1, *self.out_shape[-self.dims - 1:])
+            per_channel = per_channel.sum(dim=(2, *range(4, per_channel.dim())))
+            bias = per_channel @ self.bias
+        back = _CONV_T[self.dims](maps, self.weight, None, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation)
+        return Backward([back.reshape(*lead, *self.in_shape)], bias)
+
+
+class ConvTranspose(Rule):
+    """N-d transposed convolution; its adjoint is the plain convolution with the same weight."""
+
+    def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = len(module.kernel_size)
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise Unsupported("transposed convolution with non-zero padding mode")
+        self.register_buffer("weight", module.weight.detach())
+        self.register_buffer("bias", None if module.bias is None else module.bias.detach())
+        self.stride, self.padding, self.dilation = module.stride, module.padding, module.dilation
+        self.output_padding, self.groups = module.output_padding, module.groups
+        self.in_shape, self.out_shape = in_shape, out_shape
+
+    def _conv_t(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        images = x.reshape(-1, *self.in_shape[-self.dims - 1:])
+        out = _CONV_T[self.dims](images, weight, bias, self.stride, self.padding, self.output_padding,
+                                 self.groups, self.dilation)
+        return out.reshape(x.shape[0], *self.out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_t(x, self.weight, self.bias)
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval.from_center(self.forward(x.center), self._conv_t(x.radius, self.weight.abs(), None))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        lead = coeffs.shape[:2]
+        maps = coeffs.reshape(-1, *self.out_shape[-self.dims - 1:])
+        bias = 0.0
+        if self.bias is not None:
+            per_channel = coeffs.reshape(*lead, -1, *self.out_shape[-self.dims - 1:])
+            bias = per_channel.sum(dim=(2, *range(4, per_channel.dim()))) @ self.bias
+        back = _CONV[self.dims](maps, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return Backward([back.reshape(*lead, *self.in_shape)], bias)
+
+
+class Reduce(Rule):
+    """Sum (times `factor`, e.g. 1/n for a mean) over per-sample axes."""
+
+    def __init__(self, axes: tuple[int, ...], keepdim: bool, factor: float, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.axes, self.keepdim, self.factor, self.in_shape = axes, keepdim, factor, in_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * self.factor
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval(self.forward(x.lower), self.forward(x.upper))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        if not self.keepdim:
+            for axis in sorted(self.axes):
+                coeffs = coeffs.unsqueeze(axis + 2)
+        return Backward([(coeffs * self.factor).expand(*coeffs.shape[:2], *self.in_shape)])
+
+
+@register(nn.Linear, "Gemm")
+def linear_factory(builder, module, args):
+    x = args[0]
+    bias = None if module.bias is None else module.bias.detach()
+    return builder.add(Linear(module.weight.detach(), bias), [x])
+
+
+@register(matmul.OnnxMatMul, "MatMul")
+def matmul_factory(builder, module, args):
+    left, right = args
+    if builder.is_variable(left) and builder.is_variable(right):
+        from verifier.bounds.bilinear import matmul_variables
+
+        return matmul_variables(builder, left, right)
+    if builder.is_variable(left):
+        weight = builder.float_constant(right)
+        if weight.dim() == 1:
+            out = builder.add(Linear(weight.unsqueeze(0), None), [left])
+            return builder.add(Reshape(out.shape, out.shape[:-1]), [out])
+        if weight.dim() != 2:
+            raise Unsupported("MatMul with a constant of rank above 2")
+        return builder.add(Linear(weight.T.contiguous(), None), [left])
+    weight = builder.float_constant(left)
+    if weight.dim() != 2:
+        raise Unsupported("MatMul of a constant of rank other than 2 with a variable")
+    if len(right.shape) == 1:
+        return builder.add(Linear(weight, None), [right])
+    rank = len(right.shape)
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+    flipped = builder.add(Transpose(swap), [right])
+    product = builder.add(Linear(weight, None), [flipped])
+    return builder.add(Transpose(swap), [product])
+
+
+@register(nn.Conv1d, "Conv")
+@register(nn.Conv2d, "Conv")
+@register(nn.Conv3d, "Conv")
+def conv_factory(builder, module, args):
+    out_shape = tuple(builder.evaluate(module, args).shape)
+    return builder.add(Conv(module, args[0].shape, out_shape), [args[0]])
+
+
+@register(nn.ConvTranspose1d, "ConvTranspose")
+@register(nn.ConvTranspose2d, "ConvTranspose")
+@register(nn.ConvTranspose3d, "ConvTranspose")
+def conv_transpose_factory(builder, module, args):
+    out_shape = tuple(builder.evaluate(module, args).shape)
+    return builder.add(ConvTranspose(module, args[0].shape, out_shape), [args[0]])
+
+
+@register(nn.BatchNorm1d, "BatchNormalization")
+@register(nn.BatchNorm2d, "BatchNormalization")
+@register(nn.BatchNorm3d, "BatchNormalization")
+def batch_norm_factory(builder, module, args):
+    if module.running_mean is None or module.running_var is None:
+        raise Unsupported("BatchNormalization without running statistics")
+    x = args[0]
+    scale = 1.0 / torch.sqrt(module.running_var.detach().double() + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.detach().double()
+    shift = -module.running_mean.detach().double() * scale
+    if module.bias is not None:
+        shift = shift + module.bias.detach().double()
+    trailing = len(x.shape) - 2  # per-sample shape (n, C, *spatial)
+    if trailing < 0:
+        raise Unsupported("BatchNormalization on an input without a channel axis")
+    view = (-1,) + (1,) * trailing
+    return affine(builder, x, scale.reshape(view), shift.reshape(view))
+
+
+def _reduce(builder, x, axes, keepdim: bool, mean: bool):
+    rank = len(x.shape)
+    axes = tuple(sorted({int(a) % rank for a in axes})) if axes is not None and len(axes) else tuple(range(rank))
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return builder.add(Reduce(axes, keepdim, 1.0 / count if mean else 1.0, x.shape), [x])
+
+
+@register(reduce.OnnxReduceStaticAxes, "ReduceSum", "ReduceMean")
+def reduce_static_factory(builder, module, args):
+    if module.operation_type not in ("ReduceSum", "ReduceMean"):
+        raise Unsupported(module.operation_type)
+    return _reduce(builder, args[0], module.axes, module.keepdims, module.operation_type == "ReduceMean")
+
+
+@register(reduce.OnnxReduceSumStaticAxes, "ReduceSum")
+def reduce_sum_static_factory(builder, module, args):
+    if not module._axes and module._noop_with_empty_axes:
+        return args[0]
+    return _reduce(builder, args[0], module._axes, bool(module._keepdims), False)
+
+
+@register(reduce.OnnxReduceSumDynamicAxes, "ReduceSum")
+def reduce_sum_dynamic_factory(builder, module, args):
+    axes = builder.constant_value(args[1]) if len(args) > 1 else None
+    if (axes is None or len(axes) == 0) and module._noop_with_empty_axes:
+        return args[0]
+    axes = None if axes is None else [int(a) for a in torch.as_tensor(axes).reshape(-1)]
+    return _reduce(builder, args[0], axes, bool(module._keepdims), False)
+
+
+@register(global_average_pool.OnnxGlobalAveragePool, "GlobalAveragePool")
+@register(global_average_pool.OnnxGlobalAveragePoolWithKnownInputShape, "GlobalAveragePool")
+def global_average_pool_factory(builder, module, args):
+    x = args[0]
+    return _reduce(builder, x, tuple(range(2, len(x.shape))), True, True)

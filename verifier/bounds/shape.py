@@ -1,0 +1,272 @@
+"""Shape, layout and indexing operators: exact, so bounds and coefficients move through unchanged.
+
+Reshape-like operators only reinterpret the row-major order; Transpose permutes axes; every other
+pure selection (Slice, Gather with constant indices, Split, Expand, Pad, nearest Resize, ...) is
+one `Select` rule, found by running the module on a tensor of element positions.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+from onnx2torch.node_converters import (
+    cast,
+    concat,
+    expand,
+    flatten,
+    gather,
+    pad,
+    resize,
+    split,
+    squeeze,
+    tile,
+    transpose,
+    unsqueeze,
+)
+from onnx2torch.node_converters import reshape as onnx_reshape
+from onnx2torch.node_converters import shape as onnx_shape
+from onnx2torch.node_converters import slice as onnx_slice
+from onnx2torch.node_converters.dropout import OnnxDropoutDynamic
+from torch import Tensor, nn
+
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+
+
+class Reshape(Rule):
+    """Reinterpret the row-major order of a per-sample shape as another shape."""
+
+    preserves_box = True
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval(self.forward(x.lower), self.forward(x.upper))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        return Backward([coeffs.reshape(*coeffs.shape[:2], *self.in_shape)])
+
+
+class Transpose(Rule):
+    """Permute the per-sample axes by `perm`."""
+
+    preserves_box = True
+
+    def __init__(self, perm: Sequence[int]) -> None:
+        super().__init__()
+        self.perm = tuple(perm)
+        self.inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, *(p + 1 for p in self.perm))
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval(self.forward(x.lower), self.forward(x.upper))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        return Backward([coeffs.permute(0, 1, *(p + 2 for p in self.inverse))])
+
+
+class Select(Rule):
+    """`y[j] = x_flat[index[j]]`, or the constant `fill[j]` where `index[j] == -1`."""
+
+    def __init__(self, index: Tensor, fill: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.register_buffer("index", index.clamp(min=0))
+        self.register_buffer("keep", index >= 0)
+        self.register_buffer("fill", fill)
+        self.has_fill = bool((index < 0).any())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.reshape(x.shape[0], -1)[:, self.index]
+        if self.has_fill:
+            y = torch.where(self.keep, y, self.fill.to(y.dtype))
+        return y.reshape(x.shape[0], *self.out_shape)
+
+    def ibp(self, x: Interval) -> Interval:
+        return Interval(self.forward(x.lower), self.forward(x.upper))
+
+    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+        flat = coeffs.reshape(*coeffs.shape[:2], -1)
+        bias = 0.0
+        if self.has_fill:
+            bias = row_sum(flat * torch.where(self.keep, 0.0, self.fill.to(flat.dtype)))
+            flat = flat * self.keep
+        numel = 1
+        for size in self.in_shape:
+            numel *= size
+        out = flat.new_zeros(*flat.shape[:2], numel).index_add_(2, self.index, flat)
+        return Backward([out.reshape(*coeffs.shape[:2], *self.in_shape)], bias)
+
+
+class Concat(Rule):
+    """Concatenate variable inputs and constants along a per-sample axis."""
+
+    def __init__(self, axis: int, parts: Sequence[Tensor | tuple[int, ...]]) -> None:
+        """`parts` in order: a constant tensor, or the per-sample shape of the next variable input."""
+        super().__init__()
+        self.axis = axis
+        self.layout: list[tuple[bool, int]] = []  # (is_variable, size along axis)
+        for i, part in enumerate(parts):
+            if isinstance(part, Tensor):
+                self.register_buffer(f"constant_{i}", part)
+                self.layout.append((False, part.shape[axis]))
+            else:
+                self.layout.append((True, part[axis]))
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        batch = xs[0].shape[0]
+        pieces, variables = [], iter(xs)
+        for i, (is_variable, _) in enumerate(self.layout):
+            if is_variable:
+                pieces.append(next(variables))
+            else:
+                constant = getattr(self, f"constant_{i}")
+                pieces.append(constant.to(xs[0].dtype).expand(batch, *constant.shape))
+        return torch.cat(pieces, dim=self.axis + 1)
+
+    def ibp(self, *xs: Interval) -> Interval:
+        return Interval(self.forward(*(x.lower for x in xs)), self.forward(*(x.upper for x in xs)))
+
+    def backward(self, coeffs: Tensor, *xs: Interval | None) -> Backward:
+        sizes = [size for _, size in self.layout]
+        chunks = torch.split(coeffs, sizes, dim=self.axis + 2)
+        inputs, bias = [], 0.0
+        for i, ((is_variable, _), chunk) in enumerate(zip(self.layout, chunks)):
+            if is_variable:
+                inputs.append(chunk)
+            else:
+                constant = getattr(self, f"constant_{i}").to(chunk.dtype)
+                bias = bias + row_sum(chunk * constant)
+        return Backward(inputs, bias)
+
+
+def _variables(builder, args) -> list:
+    return [a for a in args if builder.is_variable(a)]
+
+
+def _single_variable_first(builder, module, args) -> None:
+    if not builder.is_variable(args[0]) or any(builder.is_variable(a) for a in args[1:]):
+        raise Unsupported(f"{type(module).__name__} with a variable operand other than its data input")
+
+
+@register(nn.Flatten, "Flatten")
+@register(onnx_reshape.OnnxReshape, "Reshape")
+@register(flatten.OnnxFlatten, "Flatten")
+@register(squeeze.OnnxSqueezeStaticAxes, "Squeeze")
+@register(squeeze.OnnxSqueezeDynamicAxes, "Squeeze")
+@register(unsqueeze.OnnxUnsqueezeStaticAxes, "Unsqueeze")
+@register(unsqueeze.OnnxUnsqueezeDynamicAxes, "Unsqueeze")
+@register(nn.Identity, "Identity")
+@register(nn.Dropout, "Dropout")
+@register(OnnxDropoutDynamic, "Dropout")
+def reshape_like(builder, module, args):
+    _single_variable_first(builder, module, args)
+    out = builder.evaluate(module, args)
+    return builder.add(Reshape(args[0].shape, out.shape), [args[0]])
+
+
+@register(transpose.OnnxTranspose, "Transpose")
+def transpose_factory(builder, module, args):
+    _single_variable_first(builder, module, args)
+    perm = module.perm if module.perm is not None else list(range(len(args[0].shape)))[::-1]
+    return builder.add(Transpose(perm), [args[0]])
+
+
+def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, ...]]]:
+    """(index, fill, out_shape) per output of a module that only selects or fills elements."""
+    shape = args[0].shape
+    numel = 1
+    for size in shape:
+        numel *= size
+    positions = torch.arange(1, numel + 1, dtype=torch.float64).reshape(shape)
+    constants = [builder.constant_value(a) for a in args[1:]]
+    plus = module(positions, *constants)
+    minus = module(-positions, *constants)
+    plus = list(plus) if isinstance(plus, (tuple, list)) else [plus]
+    minus = list(minus) if isinstance(minus, (tuple, list)) else [minus]
+    results = []
+    for p, q in zip(plus, minus):
+        p, q = p.double(), q.double()
+        selected = (p == -q) & (p >= 1) & (p == p.round())
+        filled = p == q
+        if not bool((selected | filled).all()):
+            raise Unsupported(f"{type(module).__name__} is not a pure selection of its input")
+        index = torch.where(selected, p - 1, -1).long().reshape(-1)
+        fill = torch.where(filled, p, 0).reshape(-1).to(builder.dtype)
+        results.append((index, fill, tuple(p.shape)))
+    return results
+
+
+@register(onnx_slice.OnnxSlice, "Slice")
+@register(onnx_slice.OnnxSliceV9, "Slice")
+@register(gather.OnnxGather, "Gather")
+@register(gather.OnnxGatherElements, "GatherElements")
+@register(gather.OnnxGatherND, "GatherND")
+@register(expand.OnnxExpand, "Expand")
+@register(pad.OnnxPadStatic, "Pad")
+@register(pad.OnnxPadDynamic, "Pad")
+@register(nn.ConstantPad1d, "Pad")
+@register(nn.ConstantPad2d, "Pad")
+@register(nn.ConstantPad3d, "Pad")
+@register(nn.ZeroPad2d, "Pad")
+@register(resize.OnnxResize, "Resize", "Upsample")
+@register(tile.OnnxTile, "Tile")
+@register(split.OnnxSplit, "Split")
+@register(split.OnnxSplit13, "Split")
+def select_factory(builder, module, args):
+    _single_variable_first(builder, module, args)
+    outputs = [builder.add(Select(index, fill, args[0].shape, shape), [args[0]])
+               for index, fill, shape in _selection(builder, module, args)]
+    return outputs[0] if len(outputs) == 1 and not isinstance(module, (split.OnnxSplit, split.OnnxSplit13)) \
+        else tuple(outputs)
+
+
+@register(concat.OnnxConcat, "Concat")
+def concat_factory(builder, module, args):
+    rank = len(builder.shape_of(args[0]))
+    axis = module.axis % rank
+    parts = [a.shape if builder.is_variable(a) else builder.constant_value(a) for a in args]
+    return builder.add(Concat(axis, parts), _variables(builder, args))
+
+
+@register(operator.getitem)
+def getitem_factory(builder, function, args):
+    container, index = args
+    if not isinstance(container, tuple):
+        raise Unsupported("indexing into a single tensor")
+    return container[index]
+
+
+@register(onnx_shape.OnnxShape, "Shape")
+def shape_factory(builder, module, args):
+    return builder.evaluate(module, args)  # static per-sample shapes make Shape a constant
+
+
+@register(cast.OnnxCast, "Cast")
+def cast_factory(builder, module, args):
+    if not module.torch_dtype.is_floating_point:
+        raise Unsupported(f"Cast of a variable to {module.torch_dtype}")
+    return args[0]
+
+
+@register(nn.Sequential)
+def sequential_factory(builder, module, args):
+    from verifier.bounds.core import factory_for
+
+    value = args[0]
+    for child in module:
+        factory = factory_for(child)
+        if factory is None:
+            raise Unsupported(f"{type(child).__name__} inside a sequence")
+        value = factory(builder, child, [value])
+    return value

@@ -1,0 +1,188 @@
+"""Build the bound graph (`Network`) from a converted fx GraphModule.
+
+The fx graph is walked once in order. Every node whose operands are all constant is evaluated and
+folded; every other node is handed to the factory registered for its module type, which adds rules.
+Each result is compared with the module's own output at a probe input, so a rule that computes
+something else than the operator it stands for is caught when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, fx
+
+from verifier.bounds import factory_for
+from verifier.bounds.core import Rule, Unsupported
+from verifier.bounds.network import Network, Node
+from verifier.errors import ModelError
+from verifier.load import LoadedModel
+
+
+class Value:
+    """A variable of the graph under construction: node index and value at the probe [1, *shape]."""
+
+    def __init__(self, index: int, probe: Tensor) -> None:
+        self.index = index
+        self.probe = probe
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.probe.shape[1:])
+
+
+class _Opaque:
+    """Stands for the output of an unsupported node, so that later nodes are still examined."""
+
+
+class Builder:
+    """What operator factories use to add rules to the graph."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.nodes: list[Node] = []
+        self.rules: list[Rule] = []
+        self.label = "input"
+
+    def input(self, probe: Tensor) -> Value:
+        self.nodes.append(Node(None, (), tuple(probe.shape[1:]), "input"))
+        return Value(0, probe)
+
+    def add(self, rule: Rule, inputs: Sequence[Value]) -> Value:
+        rule = rule.to(self.dtype)
+        probe = rule(*(value.probe for value in inputs))
+        self.rules.append(rule)
+        self.nodes.append(Node(len(self.rules) - 1, tuple(v.index for v in inputs), tuple(probe.shape[1:]), self.label))
+        return Value(len(self.nodes) - 1, probe)
+
+    @staticmethod
+    def is_variable(value: object) -> bool:
+        return isinstance(value, Value)
+
+    @staticmethod
+    def constant_value(value: object) -> object:
+        return value
+
+    def float_constant(self, value: object) -> Tensor:
+        return torch.as_tensor(value).to(self.dtype)
+
+    @staticmethod
+    def shape_of(value: object) -> tuple[int, ...]:
+        return value.shape if isinstance(value, Value) else tuple(torch.as_tensor(value).shape)
+
+    @staticmethod
+    def evaluate_operand(value: object) -> object:
+        return value.probe[0] if isinstance(value, Value) else value
+
+    def evaluate(self, module, args: Sequence[object]) -> Tensor:
+        """The module's own output on the probe values (per-sample shape)."""
+        return module(*(self.evaluate_operand(a) for a in args))
+
+
+def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
+    """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed)."""
+    module = model.module
+    if probe is None:
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.rand(model.input_shape, generator=generator, dtype=torch.float64)
+    probe = probe.reshape(model.input_shape).to(model.dtype)
+    builder = Builder(model.dtype)
+    env: dict[fx.Node, object] = {}
+    truth: dict[fx.Node, object] = {}
+    unsupported: dict[str, list[str]] = {}
+    output: object = None
+    with torch.no_grad():
+        for node in module.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = builder.input(probe.unsqueeze(0))
+                truth[node] = probe
+            elif node.op == "get_attr":
+                env[node] = truth[node] = _fetch_attr(module, node.target)
+            elif node.op in ("call_module", "call_function"):
+                target = module.get_submodule(node.target) if node.op == "call_module" else node.target
+                op_type, name = model.onnx_nodes.get(node.target, (getattr(target, "__name__", str(target)), node.name))
+                builder.label = f"{op_type} '{name}'"
+                args = _positional(target, fx.node.map_arg(node.args, env.get), fx.node.map_arg(node.kwargs, env.get))
+                truth_args = _positional(target, fx.node.map_arg(node.args, truth.get),
+                                         fx.node.map_arg(node.kwargs, truth.get))
+                try:
+                    truth[node] = target(*truth_args)
+                except Exception as error:  # noqa: BLE001
+                    raise ModelError(model.path, f"{builder.label} fails on a sample input: {error}") from None
+                env[node] = _build_node(builder, target, args, truth[node], op_type, unsupported)
+            elif node.op == "output":
+                output = env[node.args[0]] if not isinstance(node.args[0], (tuple, list)) else None
+    if unsupported:
+        listed = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
+                           for op, names in sorted(unsupported.items()))
+        raise ModelError(model.path, f"unsupported operators: {listed}")
+    if not isinstance(output, Value):
+        raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
+    return Network(builder.nodes, builder.rules, output.index, model.path)
+
+
+def _build_node(builder: Builder, target, args: list, truth: object, op_type: str,
+                unsupported: dict[str, list[str]]) -> object:
+    flat = _flatten(args)
+    if any(isinstance(a, _Opaque) for a in flat):
+        return _Opaque()
+    if not any(isinstance(a, Value) for a in flat):
+        return truth  # constant folding: every operand is a constant
+    factory = factory_for(target)
+    if factory is None:
+        unsupported.setdefault(op_type, []).append(builder.label.split("'")[1] if "'" in builder.label else op_type)
+        return _Opaque()
+    try:
+        result = factory(builder, target, args)
+    except Unsupported as reason:
+        unsupported.setdefault(f"{op_type} ({reason})", []).append(builder.label.split("'")[1])
+        return _Opaque()
+    _check_against_truth(builder, result, truth)
+    return result
+
+
+def _check_against_truth(builder: Builder, result: object, truth: object) -> None:
+    results = result if isinstance(result, tuple) else (result,)
+    truths = truth if isinstance(truth, (tuple, list)) else (truth,)
+    for got, expected in zip(results, truths):
+        if not isinstance(got, Value):
+            continue
+        expected = torch.as_tensor(expected).double()
+        value = got.probe[0].double()
+        if value.shape != expected.shape:
+            raise RuntimeError(f"{builder.label}: rule output shape {tuple(value.shape)} != {tuple(expected.shape)}")
+        scale = 1.0 + float(expected.abs().max()) if expected.numel() else 1.0
+        tolerance = (1e-4 if builder.dtype == torch.float32 else 1e-9) * scale
+        error = float((value - expected).abs().max()) if expected.numel() else 0.0
+        if not np.isfinite(error) or error > tolerance:
+            raise RuntimeError(f"{builder.label}: rule disagrees with the operator by {error:.3g}")
+
+
+def _fetch_attr(module: torch.nn.Module, target: str) -> Tensor:
+    value = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _positional(target, args: tuple, kwargs: dict) -> list:
+    if not kwargs:
+        return list(args)
+    try:
+        bound = inspect.signature(target.forward if hasattr(target, "forward") else target).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return list(args) + list(kwargs.values())
+    return list(bound.args) + list(bound.kwargs.values())
+
+
+def _flatten(values) -> list:
+    out = []
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            out.extend(_flatten(value))
+        else:
+            out.append(value)
+    return out

@@ -1,0 +1,275 @@
+"""ONNX file -> torch.fx GraphModule, with the fixes that competition models need.
+
+The fixes (see onnx-loader-notes.md): a torchvision guard, unique node names, no trailing empty
+optional inputs, an opset upgrade when direct conversion fails, batch-1 Reshape constants made
+batch-agnostic, eval mode, float64 models kept in float64, `.onnx.gz` read in memory, and nothing
+ever written beside the input file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from verifier.errors import ModelError
+from verifier.onnx2torch_import import import_onnx2torch
+
+UPGRADE_OPSET = 17
+_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    """A converted model and what the verifier needs to know about its interface.
+
+    Shapes are the ONNX-declared ones with symbolic dimensions read as 1; `dtype` is the input's.
+    `onnx_nodes` maps an fx module target to its ONNX (op_type, node name), for messages.
+    """
+
+    path: str
+    module: torch.fx.GraphModule
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: torch.dtype
+    onnx_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def num_inputs(self) -> int:
+        return int(np.prod(self.input_shape, dtype=np.int64))
+
+    @property
+    def num_outputs(self) -> int:
+        return int(np.prod(self.output_shape, dtype=np.int64))
+
+
+def read_onnx_bytes(path: str) -> bytes:
+    """The model's bytes, gunzipped in memory when the file is gzip-compressed."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise ModelError(path, f"cannot read the file ({error.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ModelError(path, f"corrupt gzip data ({error})") from None
+    return raw
+
+
+def parse_onnx(path: str) -> onnx.ModelProto:
+    """Parse the file into a ModelProto, or raise ModelError."""
+    raw = read_onnx_bytes(path)
+    if not raw:
+        raise ModelError(path, "the file is empty")
+    try:
+        model = onnx.load_from_string(raw)
+    except Exception:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise ModelError(path, "not a valid ONNX model (protobuf parsing failed)") from None
+    if not model.graph.node:
+        raise ModelError(path, "not a valid ONNX model (the graph has no nodes)")
+    return model
+
+
+def graph_io(model: onnx.ModelProto, path: str) -> tuple[str, tuple[int, ...], torch.dtype, tuple[int, ...]]:
+    """Name, shape and dtype of the single real input, and the shape of the single output."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelError(path, f"the model has {len(inputs)} inputs; only single-input models are supported")
+    if len(model.graph.output) != 1:
+        count = len(model.graph.output)
+        raise ModelError(path, f"the model has {count} outputs; only single-output models are supported")
+    tensor_type = inputs[0].type.tensor_type
+    if tensor_type.elem_type not in _DTYPES:
+        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise ModelError(path, f"input element type {name} is unsupported (float32 or float64 only)")
+    return (inputs[0].name, _declared_shape(inputs[0]), _DTYPES[tensor_type.elem_type],
+            _declared_shape(model.graph.output[0]))
+
+
+def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+    dims = value.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load and convert an ONNX model; user-caused problems raise ModelError (one line)."""
+    original = parse_onnx(path)
+    input_name, input_shape, dtype, output_shape = graph_io(original, path)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    _make_node_names_unique(model)
+    _strip_empty_trailing_inputs(model)
+    onnx2torch = import_onnx2torch()
+    _register_extra_converters()
+    module = None
+    if not _missing_converters(model):
+        try:
+            module = onnx2torch.convert(model)
+        except Exception:  # noqa: BLE001 - retried after the opset upgrade below
+            module = None
+    if module is None:
+        model = _upgraded(model, path)
+        missing = _missing_converters(model)
+        if missing:
+            raise ModelError(path, f"unsupported operators: {', '.join(sorted(missing))}")
+        try:
+            module = onnx2torch.convert(model)
+        except Exception as error:  # noqa: BLE001
+            raise ModelError(path, f"conversion to torch failed: {_first_line(error)}") from None
+    module = _batchified(model, onnx2torch, module)
+    module.eval()
+    nodes = {(n.name.replace(".", "/") or n.op_type): (n.op_type, n.name) for n in model.graph.node}
+    return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _make_node_names_unique(model: onnx.ModelProto) -> None:
+    """Give every node a distinct, non-empty name (onnx2torch silently drops colliding ones)."""
+    taken: set[str] = set()
+    counters: dict[str, int] = {}
+    for node in model.graph.node:
+        name = node.name
+        if not name or name in taken or name.replace(".", "/") in taken:
+            base = node.name or node.op_type
+            while True:
+                counters[base] = counters.get(base, 0) + 1
+                name = f"{base}_{counters[base]}"
+                if name not in taken:
+                    break
+        node.name = name
+        taken.add(name)
+        taken.add(name.replace(".", "/"))
+
+
+def _strip_empty_trailing_inputs(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _missing_converters(model: onnx.ModelProto) -> set[str]:
+    """Every operator of the model that onnx2torch has no converter for at the model's opset."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    missing = set()
+    version = _default_opset(model)
+    for node in model.graph.node:
+        try:
+            get_converter(operation_type=node.op_type, version=version, domain=node.domain or "")
+        except NotImplementedError:
+            missing.add(f"{node.domain + '.' if node.domain else ''}{node.op_type}")
+    return missing
+
+
+def _register_extra_converters() -> None:
+    """Converters onnx2torch lacks (OneHot), registered once."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    for version in (9, 11):
+        if OperationDescription("", "OneHot", version) in _CONVERTER_REGISTRY:
+            continue
+
+        @add_converter(operation_type="OneHot", version=version)
+        def _one_hot(node, graph):  # noqa: ARG001
+            return OperationConverterResult(OneHot(node.attributes.get("axis", -1)), onnx_mapping_from_node(node))
+
+
+class OneHot(torch.nn.Module):
+    """ONNX OneHot: `values[1]` at each index along a new axis, `values[0]` elsewhere."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        size = int(depth.reshape(-1)[0])
+        index = indices.long()
+        index = torch.where(index < 0, index + size, index)
+        hot = torch.nn.functional.one_hot(index, size).to(values.dtype)
+        out = values[0] + (values[1] - values[0]) * hot
+        axis = self.axis if self.axis >= 0 else out.dim() + self.axis
+        return out if axis == out.dim() - 1 else torch.movedim(out, -1, axis)
+
+
+def _upgraded(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    if _default_opset(model) >= UPGRADE_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(path, f"opset upgrade to {UPGRADE_OPSET} failed: {_first_line(error)}") from None
+    _make_node_names_unique(upgraded)
+    _strip_empty_trailing_inputs(upgraded)
+    return upgraded
+
+
+def _batchified(model: onnx.ModelProto, onnx2torch, module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite Reshape constants that hard-code batch 1, so that the module also runs on batches."""
+    rewritten = _batchify_reshapes(model)
+    if rewritten is None:
+        return module
+    try:
+        return onnx2torch.convert(rewritten)
+    except Exception:  # noqa: BLE001 - keep the batch-1 module, which is all the engine needs
+        return module
+
+
+def _batchify_reshapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy with `Reshape(x, [1, ...])` on batch-1 `x` turned into `[-1, ...]`, or None if none apply."""
+    constants = {init.name: init for init in model.graph.initializer}
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in constants]
+    if not reshapes:
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001
+        return None
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in values}
+    replacements = {}
+    for node in reshapes:
+        target = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64)
+        data_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if target.ndim != 1 or target.size < 2 or target[0] != 1 or not data_shape or data_shape[0] != 1:
+            continue
+        if not out_shape or len(out_shape) != target.size:
+            continue
+        new = target.copy()
+        new[0] = -1
+        rest_ok = True
+        for i in range(1, new.size):
+            if new[i] == -1:
+                if out_shape[i] is None:
+                    rest_ok = False
+                new[i] = out_shape[i] or -1
+        if rest_ok:
+            replacements[node.name] = new
+    if not replacements:
+        return None
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    for index, node in enumerate(rewritten.graph.node):
+        if node.name in replacements:
+            name = f"{node.input[1]}__batchified_{index}"
+            rewritten.graph.initializer.append(numpy_helper.from_array(replacements[node.name], name))
+            node.input[1] = name
+    return rewritten

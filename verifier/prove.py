@@ -1,0 +1,72 @@
+"""Bounding a property with a chosen method, and deciding which of its cases are proved.
+
+Rows that the float32 bound clears only within its rounding margin are recomputed in float64
+before they count (see `verifier/spec.py` for the margin).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_bounds, interval_concretize
+from verifier.bounds.network import Network
+from verifier.spec import Spec
+
+
+@dataclass
+class Proof:
+    """Outcome of one bound pass over a property."""
+
+    method: str
+    proved: np.ndarray      # [B] bool, per case
+    lower: np.ndarray       # [B, m] float64 lower bounds of the rows
+    seconds: float
+    rechecked: bool         # whether float64 was needed
+
+    @property
+    def all_proved(self) -> bool:
+        return bool(self.proved.all())
+
+
+def spec_bound(network: Network, spec: Spec, method: str) -> LinearBound:
+    """Lower bounds [B, m] of the rows `C y` over each case's box."""
+    coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
+    if method == "ibp":
+        bounds = interval_bounds(network, spec.box)
+        return interval_concretize(coeffs, bounds[network.output])
+    if method == "crown":
+        bounds = crown_bounds(network, spec.box)
+        linear = backward_bound(network, network.output, coeffs, bounds)
+        interval = interval_concretize(coeffs, bounds[network.output])
+        better = interval.lower > linear.lower
+        return LinearBound(torch.where(better, interval.lower, linear.lower),
+                           torch.where(better, interval.magnitude, linear.magnitude))
+    raise ValueError(f"unknown bound method '{method}'")
+
+
+def prove(network: Network, spec: Spec, method: str) -> Proof:
+    """Bound the property with `method`; re-check close rows in float64."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        bound = spec_bound(network, spec, method)
+    refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
+    proved = spec.proved_cases(refuted)
+    lower = bound.lower.double().cpu().numpy()
+    rechecked = False
+    if not proved.all() and network.dtype != torch.float64:
+        with np.errstate(invalid="ignore"):
+            close = (lower > spec.offset.numpy()) & ~refuted & (spec.row_disjunct >= 0)
+        if close.any():
+            rechecked = True
+            wide = copy.deepcopy(network).double()
+            wide_spec = spec.to(torch.float64)
+            with torch.no_grad():
+                wide_bound = spec_bound(wide, wide_spec, method)
+            refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
+            proved = spec.proved_cases(refuted)
+    return Proof(method, proved, lower, time.perf_counter() - start, rechecked)

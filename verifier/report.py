@@ -1,0 +1,54 @@
+"""`verify bounds`: bounds of every raw network output over each input box of a property."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
+from verifier.graph import build_network
+from verifier.load import load_model
+from verifier.spec import Spec
+from vnnlib import parse_file
+
+
+def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu") -> dict:
+    """`{"method", "seconds", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`, all flat."""
+    prop = parse_file(property_path)
+    model = load_model(model_path)
+    prop.check_sizes(model.num_inputs, model.num_outputs)
+    prop = prop.padded_to_outputs(model.num_outputs)
+    probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
+    network = build_network(model, probe).to(device)
+    spec = Spec.build(prop, network.input_shape, network.dtype, device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        lower, upper = raw_output_bounds(network, spec, method)
+    seconds = time.perf_counter() - start
+    cases = []
+    for b in range(spec.cases):
+        cases.append({
+            "input_lower": spec.box.lower[b].reshape(-1).double().tolist(),
+            "input_upper": spec.box.upper[b].reshape(-1).double().tolist(),
+            "lower": lower[b].double().tolist(),
+            "upper": upper[b].double().tolist(),
+        })
+    return {"method": method, "seconds": seconds, "cases": cases}
+
+
+def raw_output_bounds(network, spec: Spec, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds [B, n_out] of the flattened outputs."""
+    if method == "ibp":
+        out = interval_bounds(network, spec.box)[network.output]
+        return out.lower.reshape(spec.cases, -1), out.upper.reshape(spec.cases, -1)
+    bounds = crown_bounds(network, spec.box)
+    out = bounds[network.output]
+    count = out.lower[0].numel()
+    eye = torch.eye(count, dtype=network.dtype, device=network.device)
+    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(spec.cases, -1, -1)
+    coeffs = coeffs.reshape(spec.cases, 2 * count, *network.output_shape)
+    bound = backward_bound(network, network.output, coeffs, bounds).lower
+    lower = torch.maximum(bound[:, :count], out.lower.reshape(spec.cases, -1))
+    upper = torch.minimum(-bound[:, count:], out.upper.reshape(spec.cases, -1))
+    return lower, upper

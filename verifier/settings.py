@@ -1,0 +1,64 @@
+"""Per-family settings: a small typed object, with defaults and overrides read from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from verifier.attack import AttackSettings
+from verifier.errors import UserError
+
+FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
+BOUND_METHODS = ("ibp", "crown")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that may differ between benchmark families."""
+
+    bound_method: str = "crown"
+    attack_random_samples: int = 256
+    attack_restarts: int = 8
+    attack_steps: int = 100
+    attack_rounds: int = 4
+    attack_step_fraction: float = 0.25
+
+    def attack(self) -> AttackSettings:
+        return AttackSettings(self.attack_random_samples, self.attack_restarts, self.attack_steps,
+                              self.attack_rounds, self.attack_step_fraction)
+
+
+def load_settings(family: str | None, path: Path = FAMILIES_FILE) -> Settings:
+    """Settings for a family: the file's `default` entry, then the family's own (unknown: defaults)."""
+    try:
+        table = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(str(path), f"cannot read the family settings ({error})") from None
+    known = {f.name: f.type for f in fields(Settings)}
+    settings = Settings()
+    for name in ("default", family):
+        entry = table.get(name) or {} if name else {}
+        unknown = set(entry) - set(known)
+        if unknown:
+            raise UserError(str(path), f"unknown setting(s) for '{name}': {', '.join(sorted(unknown))}")
+        settings = replace(settings, **entry)
+    if settings.bound_method not in BOUND_METHODS:
+        raise UserError(str(path), f"bound_method must be one of {', '.join(BOUND_METHODS)}")
+    return settings
+
+
+def override(settings: Settings, assignments: list[str]) -> Settings:
+    """Apply `KEY=VALUE` overrides (values parsed as YAML scalars) to `settings`."""
+    known = {f.name: f for f in fields(Settings)}
+    changes = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or key not in known:
+            raise UserError("--set", f"'{assignment}' is not KEY=VALUE with KEY one of {', '.join(known)}")
+        changes[key] = yaml.safe_load(text)
+    settings = replace(settings, **changes)
+    if settings.bound_method not in BOUND_METHODS:
+        raise UserError("--set", f"bound_method must be one of {', '.join(BOUND_METHODS)}")
+    return settings

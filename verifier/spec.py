@@ -1,0 +1,123 @@
+"""A compiled property as tensors, and the rule that decides when a bound proves it.
+
+All cases are batched: boxes [B, *input_shape]; every disjunct's rows of a case stacked into one
+matrix [B, m, n_out] (padded with rows that never count), so one bound pass covers the property.
+
+Margin. A row is refuted when its lower bound exceeds the offset by more than
+    1e-4  +  rel(dtype) * (|d| + magnitude),
+where `magnitude` is the size of the terms summed into the bound. 1e-4 is the competition
+checker's own slack on the property (a counterexample within 1e-4 of violating it is accepted),
+so we never claim a proof that a checked counterexample could contradict. rel(float32) = 1e-4 is
+about a thousand float32 roundings (6e-8 each): more than the error we measure between float32
+and float64 bounds on every shared model (see tests/test_margin.py). Rows that fail only this
+float32 margin are recomputed in float64, where rel = 1e-10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verifier.bounds.core import Interval
+from vnnlib import Property
+
+CHECKER_SLACK = 1e-4
+RELATIVE_MARGIN = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def round_outward(lower: np.ndarray, upper: np.ndarray, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Cast float64 bounds to `dtype` so that the cast box contains the exact one."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    low = lower.astype(np_dtype)
+    high = upper.astype(np_dtype)
+    low = np.where(low.astype(np.float64) > lower, np.nextafter(low, np_dtype(-np.inf)), low)
+    high = np.where(high.astype(np.float64) < upper, np.nextafter(high, np_dtype(np.inf)), high)
+    return torch.from_numpy(np.ascontiguousarray(low)), torch.from_numpy(np.ascontiguousarray(high))
+
+
+def round_inward(lower: np.ndarray, upper: np.ndarray, np_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds in `np_dtype` whose values all lie inside the exact float64 box (may cross if tiny)."""
+    low = lower.astype(np_dtype)
+    high = upper.astype(np_dtype)
+    low = np.where(low.astype(np.float64) < lower, np.nextafter(low, np_dtype(np.inf)), low)
+    high = np.where(high.astype(np.float64) > upper, np.nextafter(high, np_dtype(-np.inf)), high)
+    return low, high
+
+
+@dataclass
+class Spec:
+    """Tensors of a property for one network: boxes, stacked rows and which disjunct owns each row."""
+
+    prop: Property
+    box: Interval                # [B, *input_shape], rounded outward to the network dtype
+    matrix: Tensor               # [B, m, n_out], network dtype
+    offset: Tensor               # [B, m], float64
+    row_disjunct: np.ndarray     # [B, m], disjunct index of each row, -1 for padding
+    disjunct_counts: list[int]   # disjuncts per case
+
+    @staticmethod
+    def build(prop: Property, input_shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device | str = "cpu") -> Spec:
+        cases = prop.cases
+        lows, highs = zip(*(round_outward(c.lower, c.upper, dtype) for c in cases))
+        box = Interval(torch.stack(lows).reshape(len(cases), *input_shape).to(device),
+                       torch.stack(highs).reshape(len(cases), *input_shape).to(device))
+        rows = max(1, max(sum(d.matrix.shape[0] for d in c.disjuncts) for c in cases))
+        matrix = np.zeros((len(cases), rows, prop.num_outputs))
+        offset = np.zeros((len(cases), rows))
+        owner = np.full((len(cases), rows), -1)
+        for b, case in enumerate(cases):
+            r = 0
+            for k, disjunct in enumerate(case.disjuncts):
+                n = disjunct.matrix.shape[0]
+                matrix[b, r:r + n] = disjunct.matrix
+                offset[b, r:r + n] = disjunct.offset
+                owner[b, r:r + n] = k
+                r += n
+        return Spec(prop, box, torch.from_numpy(matrix).to(dtype=dtype, device=device),
+                    torch.from_numpy(offset), owner, [len(c.disjuncts) for c in cases])
+
+    @property
+    def cases(self) -> int:
+        return len(self.disjunct_counts)
+
+    def to(self, dtype: torch.dtype) -> Spec:
+        """The same spec for a network of another dtype (box re-rounded from the exact values)."""
+        return Spec.build(self.prop, tuple(self.box.lower.shape[1:]), dtype, self.box.lower.device)
+
+    def refuted_rows(self, lower: Tensor, magnitude: Tensor, dtype: torch.dtype) -> np.ndarray:
+        """[B, m] bool: rows whose lower bound exceeds the offset by the margin."""
+        lower = lower.detach().double().cpu().numpy()
+        magnitude = magnitude.detach().double().cpu().numpy()
+        offset = self.offset.numpy()
+        margin = CHECKER_SLACK + RELATIVE_MARGIN[dtype] * (np.abs(offset) + magnitude)
+        with np.errstate(invalid="ignore"):
+            return (lower - offset > margin) & (self.row_disjunct >= 0)
+
+    def proved_cases(self, refuted: np.ndarray) -> np.ndarray:
+        """[B] bool: cases where every disjunct has at least one refuted row."""
+        proved = np.zeros(self.cases, dtype=bool)
+        for b, count in enumerate(self.disjunct_counts):
+            owners = self.row_disjunct[b][refuted[b]]
+            proved[b] = all(k in owners for k in range(count))
+        return proved
+
+    def margins(self, outputs: Tensor) -> Tensor:
+        """Violation margin per (sample, case, disjunct): max over its rows of (C y - d); <= 0 violates.
+
+        `outputs` [N, B, n_out]; the result is [N, B, K] with K the most disjuncts of any case
+        (+inf for a case's missing disjuncts, -inf for a disjunct without rows: always violated).
+        """
+        values = torch.einsum("bmo,nbo->nbm", self.matrix.to(outputs.dtype), outputs)
+        values = values - self.offset.to(outputs)
+        most = max(self.disjunct_counts)
+        owner = torch.from_numpy(self.row_disjunct).to(outputs.device)
+        result = outputs.new_full((outputs.shape[0], self.cases, most + 1), -torch.inf)
+        index = torch.where(owner >= 0, owner, most).unsqueeze(0).expand_as(values)
+        result = result.scatter_reduce(2, index, values, reduce="amax", include_self=True)[..., :most]
+        counts = torch.tensor(self.disjunct_counts, device=outputs.device)
+        missing = torch.arange(most, device=outputs.device).unsqueeze(0) >= counts.unsqueeze(1)
+        return result.masked_fill(missing.unsqueeze(0), torch.inf)

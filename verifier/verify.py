@@ -1,0 +1,85 @@
+"""One instance end to end: parse, load, bound, falsify, decide.
+
+Order: IBP (cheap; often enough on small boxes), the falsifier (random points, then PGD), then
+the family's bound method. Every `sat` carries a counterexample confirmed by onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from verifier.attack import Falsifier
+from verifier.deadline import Deadline
+from verifier.graph import build_network
+from verifier.load import load_model
+from verifier.prove import prove
+from verifier.settings import Settings
+from verifier.spec import Spec
+from verifier.witness import Counterexample, OnnxChecker
+from vnnlib import parse_file
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    """The verdict of one instance and how it was reached."""
+
+    verdict: str                                  # sat | unsat | unknown | timeout
+    counterexample: Counterexample | None = None
+    decided_by: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def verify_instance(model_path: str, property_path: str, settings: Settings, deadline: Deadline,
+                    device: str = "cpu", seed: int = 0, log: Log = _quiet) -> Outcome:
+    """Decide one instance; user errors (bad files, unsupported operators) raise UserError."""
+    prop = parse_file(property_path)
+    model = load_model(model_path)
+    prop.check_sizes(model.num_inputs, model.num_outputs)
+    prop = prop.padded_to_outputs(model.num_outputs)
+    timings = {"load": deadline.elapsed()}
+    if not prop.cases:
+        return Outcome("unsat", decided_by="the property's constraints cannot hold together", timings=timings)
+    probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
+    network = build_network(model, probe).to(device)
+    spec = Spec.build(prop, network.input_shape, network.dtype, device)
+    log(f"loaded {model_path}: {len(network.nodes)} nodes, {spec.cases} input box(es), "
+        f"{spec.matrix.shape[1]} spec row(s) per box, {deadline.elapsed():.2f}s")
+    if deadline.expired():
+        return Outcome("timeout", timings=timings)
+
+    proof = prove(network, spec, "ibp")
+    timings["ibp"] = proof.seconds
+    log(f"ibp: {int(proof.proved.sum())}/{spec.cases} boxes proved in {proof.seconds:.3f}s")
+    if proof.all_proved:
+        return Outcome("unsat", decided_by="ibp", timings=timings)
+
+    np_dtype = np.float32 if model.dtype == torch.float32 else np.float64
+    checker = OnnxChecker(model_path, model.input_name, model.input_shape, np_dtype)
+    falsifier = Falsifier(network, spec, checker, settings.attack(), seed, deadline.remaining)
+    found = falsifier.run()
+    timings["attack"] = deadline.elapsed() - timings["load"] - proof.seconds
+    log(f"attack: {'found' if found else 'no'} counterexample ({falsifier.tried} candidates checked)")
+    if found is not None:
+        return Outcome("sat", found, decided_by="attack", timings=timings)
+    if deadline.expired():
+        return Outcome("timeout", timings=timings)
+
+    if settings.bound_method != "ibp":
+        proof = prove(network, spec, settings.bound_method)
+        timings[settings.bound_method] = proof.seconds
+        log(f"{settings.bound_method}: {int(proof.proved.sum())}/{spec.cases} boxes proved in {proof.seconds:.3f}s")
+        if proof.all_proved:
+            return Outcome("unsat", decided_by=settings.bound_method, timings=timings)
+    if deadline.expired():
+        return Outcome("timeout", timings=timings)
+    return Outcome("unknown", timings=timings)

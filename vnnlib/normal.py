@@ -1,0 +1,225 @@
+"""Compile a VNN-LIB script into the normal form: input boxes, each with a disjunction of `C y <= d`.
+
+A property is violated (the query is `sat`) iff for some case, some x in its box and some
+disjunct k, every row of `C_k f(x) <= d_k` holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vnnlib.errors import VnnlibError
+from vnnlib.formula import And, Compare, Formula, Or, Script, Variable
+
+MAX_TERMS = 10_000
+
+
+@dataclass(frozen=True)
+class Disjunct:
+    """One conjunction of output rows: `matrix @ y <= offset` (float64, shapes [m, n_out] and [m])."""
+
+    matrix: np.ndarray
+    offset: np.ndarray
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input box (flat float64 vectors over the inputs) and the disjuncts that are bad inside it."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    disjuncts: tuple[Disjunct, ...]
+
+
+@dataclass
+class Property:
+    """The compiled property of one VNN-LIB file."""
+
+    path: str
+    num_inputs: int
+    num_outputs: int
+    cases: list[Case]
+    declaration_lines: dict[str, int] = field(default_factory=dict)
+
+    def check_sizes(self, model_inputs: int, model_outputs: int) -> None:
+        """Raise VnnlibError unless the variables fit a model with these flat input/output sizes."""
+        if self.num_inputs > model_inputs:
+            name = f"X_{self.num_inputs - 1}"
+            raise VnnlibError(
+                self.path, self.declaration_lines.get(name),
+                f"{name} is beyond the model's input size ({model_inputs} values)",
+            )
+        if self.num_inputs < model_inputs:
+            raise VnnlibError(
+                self.path, None,
+                f"the model has {model_inputs} inputs but only X_0..X_{self.num_inputs - 1} are declared "
+                f"and bounded (X_{self.num_inputs} is never bounded)",
+            )
+        if self.num_outputs > model_outputs:
+            name = f"Y_{self.num_outputs - 1}"
+            raise VnnlibError(
+                self.path, self.declaration_lines.get(name),
+                f"{name} is beyond the model's output size ({model_outputs} values)",
+            )
+
+    def padded_to_outputs(self, model_outputs: int) -> Property:
+        """The same property with every matrix widened to `model_outputs` columns."""
+        extra = model_outputs - self.num_outputs
+        if extra == 0:
+            return self
+        cases = [
+            Case(c.lower, c.upper, tuple(
+                Disjunct(np.pad(d.matrix, ((0, 0), (0, extra))), d.offset) for d in c.disjuncts
+            ))
+            for c in self.cases
+        ]
+        return Property(self.path, self.num_inputs, model_outputs, cases, self.declaration_lines)
+
+
+def compile_script(script: Script, path: str) -> Property:
+    """Push the conjunction of asserts into DNF, split atoms into input bounds and output rows."""
+    inputs = _indexed(script.variables, "X", path)
+    outputs = _indexed(script.variables, "Y", path)
+    if not inputs:
+        raise VnnlibError(path, None, "no input variable X_<i> is declared")
+    kinds = {name: (v.kind, v.index) for name, v in script.variables.items()}
+    conjuncts = _flatten_and(script.asserts)
+    common = [c for c in conjuncts if isinstance(c, Compare)]
+    disjunctive = [c for c in conjuncts if not isinstance(c, Compare)]
+    term_lists = [_dnf(f, path) for f in disjunctive]
+    total = 1
+    for terms in term_lists:
+        total *= len(terms)
+        if total > MAX_TERMS:
+            raise VnnlibError(path, None, f"the disjunctive normal form has more than {MAX_TERMS} terms")
+    builder = _TermBuilder(len(inputs), len(outputs), kinds, path)
+    base = builder.start()
+    for atom in common:
+        builder.add(base, atom)
+    grouped: dict[tuple[bytes, bytes], list[Disjunct]] = {}
+    boxes: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
+    for combination in itertools.product(*term_lists):
+        term = builder.copy(base)
+        for atom in itertools.chain.from_iterable(combination):
+            builder.add(term, atom)
+        if term.infeasible:
+            continue
+        lower, upper, disjunct = builder.finish(term, script.variables)
+        key = (lower.tobytes(), upper.tobytes())
+        boxes[key] = (lower, upper)
+        grouped.setdefault(key, []).append(disjunct)
+    cases = [Case(boxes[k][0], boxes[k][1], tuple(ds)) for k, ds in grouped.items()]
+    lines = {name: v.line for name, v in script.variables.items()}
+    return Property(path, len(inputs), len(outputs), cases, lines)
+
+
+def _indexed(variables: dict[str, Variable], kind: str, path: str) -> list[Variable]:
+    found = sorted((v for v in variables.values() if v.kind == kind), key=lambda v: v.index)
+    for expected, variable in enumerate(found):
+        if variable.index != expected:
+            raise VnnlibError(
+                path, variable.line,
+                f"{kind}_{expected} is not declared, but {kind}_{variable.index} is "
+                f"(variables must be {kind}_0, {kind}_1, ...)",
+            )
+    return found
+
+
+def _flatten_and(formulas: list[Formula]) -> list[Formula]:
+    out: list[Formula] = []
+    for f in formulas:
+        if isinstance(f, And):
+            out.extend(_flatten_and(list(f.children)))
+        else:
+            out.append(f)
+    return out
+
+
+def _dnf(formula: Formula, path: str) -> list[list[Compare]]:
+    if isinstance(formula, Compare):
+        return [[formula]]
+    if isinstance(formula, Or):
+        return [term for child in formula.children for term in _dnf(child, path)]
+    terms: list[list[Compare]] = [[]]
+    for child in formula.children:
+        child_terms = _dnf(child, path)
+        if len(terms) * len(child_terms) > MAX_TERMS:
+            raise VnnlibError(path, None, f"the disjunctive normal form has more than {MAX_TERMS} terms")
+        terms = [a + b for a in terms for b in child_terms]
+    return terms
+
+
+@dataclass
+class _Term:
+    lower: np.ndarray
+    upper: np.ndarray
+    lower_line: np.ndarray
+    upper_line: np.ndarray
+    rows: list[tuple[np.ndarray, float]]
+    infeasible: bool = False
+
+
+class _TermBuilder:
+    def __init__(self, num_inputs: int, num_outputs: int, kinds: dict[str, tuple[str, int]], path: str):
+        self.num_inputs = num_inputs
+        self.num_outputs = num_outputs
+        self.kinds = kinds
+        self.path = path
+
+    def start(self) -> _Term:
+        n = self.num_inputs
+        return _Term(np.full(n, -np.inf), np.full(n, np.inf), np.zeros(n, int), np.zeros(n, int), [])
+
+    def copy(self, term: _Term) -> _Term:
+        return _Term(term.lower.copy(), term.upper.copy(), term.lower_line.copy(),
+                     term.upper_line.copy(), list(term.rows), term.infeasible)
+
+    def add(self, term: _Term, atom: Compare) -> None:
+        coeffs = {k: v for k, v in atom.form.coeffs.items() if v != 0.0}
+        constant = atom.form.constant
+        if not coeffs:
+            if constant > 0:  # a false constant comparison empties this term
+                term.infeasible = True
+            return
+        kinds = {self.kinds[name][0] for name in coeffs}
+        if kinds == {"X", "Y"}:
+            raise VnnlibError(self.path, atom.line, "a constraint mixes inputs (X) and outputs (Y)")
+        if kinds == {"X"}:
+            if len(coeffs) != 1:
+                raise VnnlibError(self.path, atom.line, "input constraints must bound a single input "
+                                  "(linear constraints over several inputs are unsupported)")
+            (name, coeff), = coeffs.items()
+            index = self.kinds[name][1]
+            bound = -constant / coeff + 0.0  # no negative zero
+            if coeff > 0:  # coeff * x + constant <= 0  ->  x <= bound
+                if bound < term.upper[index]:
+                    term.upper[index], term.upper_line[index] = bound, atom.line
+            elif bound > term.lower[index]:
+                term.lower[index], term.lower_line[index] = bound, atom.line
+            return
+        row = np.zeros(self.num_outputs)
+        for name, coeff in coeffs.items():
+            row[self.kinds[name][1]] += coeff
+        term.rows.append((row, -constant))
+
+    def finish(self, term: _Term, variables: dict[str, Variable]) -> tuple[np.ndarray, np.ndarray, Disjunct]:
+        for bounds, side in ((term.lower, "lower"), (term.upper, "upper")):
+            missing = np.flatnonzero(~np.isfinite(bounds))
+            if missing.size:
+                name = f"X_{missing[0]}"
+                raise VnnlibError(self.path, variables[name].line, f"input {name} has no {side} bound")
+        crossed = np.flatnonzero(term.lower > term.upper)
+        if crossed.size:
+            i = crossed[0]
+            line = int(max(term.lower_line[i], term.upper_line[i]))
+            raise VnnlibError(self.path, line,
+                              f"input X_{i} has lower bound {term.lower[i]!r} above its upper bound {term.upper[i]!r}")
+        if term.rows:
+            matrix = np.stack([r for r, _ in term.rows])
+            offset = np.array([d for _, d in term.rows])
+        else:
+            matrix, offset = np.zeros((0, self.num_outputs)), np.zeros(0)
+        return term.lower, term.upper, Disjunct(matrix, offset)
