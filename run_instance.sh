@@ -6,8 +6,10 @@ if [ "${1:-}" != "v1" ]; then echo "expected version string v1, got '${1:-}'" >&
 if [ "$#" -ne 6 ]; then echo "usage: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT" >&2; exit 0; fi
 category="$2"; onnx="$3"; vnnlib="$4"; results="$5"; timeout="$6"
 here="$(cd "$(dirname "$0")" && pwd)"
-if [ -x "$here/.venv/bin/verify" ]; then verify="$here/.venv/bin/verify"; else verify="verify"; fi
+if [ -x "$here/.venv/bin/verify" ]; then verify=("$here/.venv/bin/verify")
+elif command -v verify >/dev/null; then verify=(verify)
+else verify=(env "PYTHONPATH=$here" python3 -m verifier.cli); fi
 rm -f "$results"
-"$verify" "$onnx" "$vnnlib" --family "$category" --timeout "$timeout" --results "$results"
+"${verify[@]}" "$onnx" "$vnnlib" --family "$category" --timeout "$timeout" --results "$results"
 if [ ! -s "$results" ]; then echo "error" > "$results"; fi
 exit 0

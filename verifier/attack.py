@@ -44,6 +44,7 @@ class Falsifier:
         self.generator = torch.Generator(device=network.device).manual_seed(seed)
         self.lower, self.upper = self._inner_box()
         self.tried = 0
+        self.rounds_done = 0
 
     def _inner_box(self) -> tuple[Tensor, Tensor]:
         """Per-case boxes whose points, in the model dtype, lie inside the exact boxes."""
@@ -59,14 +60,26 @@ class Falsifier:
         to_tensor = lambda a: torch.from_numpy(np.stack(a)).reshape(shape).to(self.network.device)  # noqa: E731
         return to_tensor(lows), to_tensor(highs)
 
-    def run(self, use_gradient: bool = True) -> Counterexample | None:
-        found = self.random_search()
-        if found is not None or not use_gradient:
-            return found
-        for round_index in range(self.settings.rounds):
-            if self.time_left() <= 0:
-                return None
-            found = self.gradient_search(first_round=round_index == 0)
+    def run(self, rounds: int | None, time_left: Callable[[], float] | None = None) -> Counterexample | None:
+        """Search for `rounds` rounds (None: until the time is up); the first call samples randomly first.
+
+        A round is one PGD search from fresh starts, or a fresh random sample where PGD is off
+        (no restarts or no steps).
+        """
+        if time_left is not None:
+            self.time_left = time_left
+        if self.rounds_done == 0:
+            found = self.random_search()
+            if found is not None:
+                return found
+        done = 0
+        while (rounds is None or done < rounds) and self.time_left() > 0:
+            if self.settings.restarts > 0 and self.settings.steps > 0:
+                found = self.gradient_search(first_round=self.rounds_done == 0)
+            else:
+                found = self.random_search()
+            self.rounds_done += 1
+            done += 1
             if found is not None:
                 return found
         return None

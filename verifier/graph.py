@@ -121,20 +121,21 @@ def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
         raise ModelError(model.path, f"unsupported operators: {listed}")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
-    return Network(builder.nodes, builder.rules, output.index, model.path)
+    return Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
 
 
 def _build_node(builder: Builder, target, args: list, truth: object, op_type: str,
                 unsupported: dict[str, list[str]]) -> object:
     flat = _flatten(args)
-    if any(isinstance(a, _Opaque) for a in flat):
-        return _Opaque()
-    if not any(isinstance(a, Value) for a in flat):
+    depends_on_input = any(isinstance(a, (Value, _Opaque)) for a in flat)
+    if not depends_on_input:
         return truth  # constant folding: every operand is a constant
     factory = factory_for(target)
     if factory is None:
         unsupported.setdefault(op_type, []).append(builder.label.split("'")[1] if "'" in builder.label else op_type)
         return _Opaque()
+    if any(isinstance(a, _Opaque) for a in flat):
+        return _Opaque()  # downstream of an unsupported node: only its own support was checked
     try:
         result = factory(builder, target, args)
     except Unsupported as reason:

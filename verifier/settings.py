@@ -24,6 +24,7 @@ class Settings:
     attack_steps: int = 100
     attack_rounds: int = 4
     attack_step_fraction: float = 0.25
+    attack_time_share: float = 0.3
 
     def attack(self) -> AttackSettings:
         return AttackSettings(self.attack_random_samples, self.attack_restarts, self.attack_steps,

@@ -66,20 +66,29 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
     np_dtype = np.float32 if model.dtype == torch.float32 else np.float64
     checker = OnnxChecker(model_path, model.input_name, model.input_shape, np_dtype)
     falsifier = Falsifier(network, spec, checker, settings.attack(), seed, deadline.remaining)
-    found = falsifier.run()
-    timings["attack"] = deadline.elapsed() - timings["load"] - proof.seconds
-    log(f"attack: {'found' if found else 'no'} counterexample ({falsifier.tried} candidates checked)")
+    found = _attack(falsifier, settings.attack_rounds, deadline.fraction(settings.attack_time_share), timings, log)
     if found is not None:
         return Outcome("sat", found, decided_by="attack", timings=timings)
-    if deadline.expired():
-        return Outcome("timeout", timings=timings)
 
-    if settings.bound_method != "ibp":
+    if settings.bound_method != "ibp" and not deadline.expired():
         proof = prove(network, spec, settings.bound_method)
         timings[settings.bound_method] = proof.seconds
         log(f"{settings.bound_method}: {int(proof.proved.sum())}/{spec.cases} boxes proved in {proof.seconds:.3f}s")
         if proof.all_proved:
             return Outcome("unsat", decided_by=settings.bound_method, timings=timings)
-    if deadline.expired():
-        return Outcome("timeout", timings=timings)
-    return Outcome("unknown", timings=timings)
+
+    if deadline.at is not None:  # nothing left to prove with: keep attacking until the deadline
+        found = _attack(falsifier, None, deadline, timings, log)
+        if found is not None:
+            return Outcome("sat", found, decided_by="attack", timings=timings)
+    return Outcome("timeout" if deadline.expired() else "unknown", timings=timings)
+
+
+def _attack(falsifier: Falsifier, rounds: int | None, deadline: Deadline, timings: dict[str, float],
+            log: Log) -> Counterexample | None:
+    start = deadline.elapsed()
+    found = falsifier.run(rounds, deadline.remaining)
+    timings["attack"] = timings.get("attack", 0.0) + deadline.elapsed() - start
+    log(f"attack: {'found a' if found else 'no'} counterexample after {falsifier.rounds_done} round(s), "
+        f"{falsifier.tried} candidate(s) checked")
+    return found

@@ -5,28 +5,25 @@ The reader keeps the line of every token so that later stages can name the line 
 
 from __future__ import annotations
 
-import bisect
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vnnlib.errors import VnnlibError
 
-_TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s();]+")
+_TOKEN = re.compile(r"\n|;[^\n]*|\(|\)|[^\s();]+")
 
 
-@dataclass(frozen=True)
-class Atom:
+class Atom(NamedTuple):
     """A symbol or a numeral, with the 1-based line it starts on."""
 
     text: str
     line: int
 
 
-@dataclass(frozen=True)
-class SList:
+class SList(NamedTuple):
     """A parenthesised list of expressions, with the line of its opening parenthesis."""
 
-    items: tuple[Atom | SList, ...]
+    items: tuple
     line: int
 
     def head(self) -> str | None:
@@ -41,24 +38,27 @@ SExpr = Atom | SList
 
 def read_sexprs(text: str, path: str) -> list[SExpr]:
     """Read every top-level s-expression of `text`; comments run from `;` to the end of a line."""
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
     stack: list[tuple[list[SExpr], int]] = []
-    top: list[SExpr] = []
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        if token[0] == ";":
+    current: list[SExpr] = []
+    top = current
+    line = 1
+    for token in _TOKEN.findall(text):
+        first = token[0]
+        if first == "\n":
+            line += 1
+        elif first == ";":
             continue
-        line = bisect.bisect_right(line_starts, match.start())
-        if token == "(":
-            stack.append(([], line))
-        elif token == ")":
+        elif first == "(":
+            stack.append((current, line))
+            current = []
+        elif first == ")":
             if not stack:
                 raise VnnlibError(path, line, "unbalanced ')'")
-            items, start = stack.pop()
-            node = SList(tuple(items), start)
-            (stack[-1][0] if stack else top).append(node)
+            parent, start = stack.pop()
+            parent.append(SList(tuple(current), start))
+            current = parent
         else:
-            (stack[-1][0] if stack else top).append(Atom(token, line))
+            current.append(Atom(token, line))
     if stack:
         raise VnnlibError(path, stack[-1][1], "unclosed '(' (the file ends inside this expression)")
     return top

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+from onnx2torch.node_converters.mean import OnnxMean
 from onnx2torch.node_converters.neg import OnnxNeg
+from onnx2torch.node_converters.sum import OnnxSum
 from onnx2torch.utils.common import old_style_broadcast
 from torch import Tensor
 
@@ -143,3 +145,18 @@ def _two_variables(builder, op: str, first, second):
 @register(OnnxNeg, "Neg")
 def neg_factory(builder, module, args):
     return affine(builder, args[0], scale=-torch.ones(()))
+
+
+@register(OnnxSum, "Sum")
+@register(OnnxMean, "Mean")
+def sum_factory(builder, module, args):
+    """Variadic Sum/Mean: variables add up in one WeightedSum, constants become a shift."""
+    scale = 1.0 / len(args) if isinstance(module, OnnxMean) else 1.0
+    variables = [a for a in args if builder.is_variable(a)]
+    constants = [_as_tensor(builder, a) for a in args if not builder.is_variable(a)]
+    rank = max([len(v.shape) for v in variables] + [c.dim() for c in constants])
+    variables = [align_rank(builder, v, rank) for v in variables]
+    total = builder.add(WeightedSum((scale,) * len(variables), [v.shape for v in variables]), variables)
+    if constants:
+        total = affine(builder, total, shift=sum(constants) * scale)
+    return total

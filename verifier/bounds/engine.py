@@ -35,8 +35,8 @@ class LinearBound:
 
 def _sanitize(bounds: Interval) -> Interval:
     """NaN (from inf - inf outside a function's domain) means unbounded."""
-    return Interval(torch.nan_to_num(bounds.lower, nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf),
-                    torch.nan_to_num(bounds.upper, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf))
+    return Interval(torch.where(torch.isnan(bounds.lower), -torch.inf, bounds.lower),
+                    torch.where(torch.isnan(bounds.upper), torch.inf, bounds.upper))
 
 
 def interval_bounds(network: Network, box: Interval) -> list[Interval]:
@@ -92,7 +92,7 @@ def backward_bound(network: Network, start: int, coeffs: Tensor, bounds: list[In
             if source_coeffs is None:
                 continue
             pending[source] = pending[source] + source_coeffs if source in pending else source_coeffs
-    lower = torch.nan_to_num(total.lower, nan=-torch.inf)
+    lower = torch.where(torch.isnan(total.lower), -torch.inf, total.lower)
     return LinearBound(lower, total.magnitude)
 
 

@@ -99,7 +99,10 @@ class Select(Rule):
         flat = coeffs.reshape(*coeffs.shape[:2], -1)
         bias = 0.0
         if self.has_fill:
-            bias = row_sum(flat * torch.where(self.keep, 0.0, self.fill.to(flat.dtype)))
+            # zero coefficients on filled cells must contribute 0 even when the fill is -inf
+            # (max pooling pads with -inf)
+            filled = ~self.keep & (flat != 0)
+            bias = row_sum(torch.where(filled, flat * self.fill.to(flat.dtype), 0.0))
             flat = flat * self.keep
         numel = 1
         for size in self.in_shape:

@@ -1,0 +1,116 @@
+"""Sampled soundness checks: concrete values at points of the box must lie inside computed bounds.
+
+Points: random corners of the box, uniform points, and points pushed towards the extremes of
+random linear functions of each node by signed gradient steps. Every node is checked: its IBP
+or CROWN interval, and (for CROWN) the backward bound started at that node itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verifier.bounds.core import Interval
+from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
+from verifier.bounds.network import Network
+
+
+def random_box(network: Network, generator: torch.Generator, batch: int = 2, radius: float = 0.3) -> Interval:
+    shape = (batch, *network.input_shape)
+    center = torch.randn(shape, generator=generator, dtype=torch.float64).to(network.dtype)
+    widths = radius * torch.rand(shape, generator=generator, dtype=torch.float64).to(network.dtype)
+    return Interval(center - widths, center + widths)
+
+
+def node_bounds(network: Network, box: Interval, method: str, rows_per_node: int = 24,
+                generator: torch.Generator | None = None) -> list[Interval]:
+    """Bounds for every node; for 'crown', each node's interval is also tightened by a backward
+    sweep started at that node (on up to `rows_per_node` random neurons), so that the backward
+    rules themselves are what gets checked."""
+    if method == "ibp":
+        return interval_bounds(network, box)
+    bounds = crown_bounds(network, box)
+    checked = []
+    for index, interval in enumerate(bounds):
+        if index == 0:
+            checked.append(interval)
+            continue
+        numel = interval.lower[0].numel()
+        batch = interval.lower.shape[0]
+        count = min(numel, rows_per_node)
+        positions = torch.randperm(numel, generator=generator)[:count]
+        coeffs = torch.zeros(batch, 2 * count, numel, dtype=network.dtype)
+        span = torch.arange(count)
+        coeffs[:, span, positions] = 1.0
+        coeffs[:, count + span, positions] = -1.0
+        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * count, *network.nodes[index].shape),
+                               bounds).lower
+        lower = interval.lower.reshape(batch, -1).clone()
+        upper = interval.upper.reshape(batch, -1).clone()
+        # Replace (not intersect) the sampled neurons' bounds with the backward bound: this checks it.
+        lower[:, positions] = bound[:, :count]
+        upper[:, positions] = -bound[:, count:]
+        checked.append(Interval(lower.reshape(interval.lower.shape), upper.reshape(interval.upper.shape)))
+    return checked
+
+
+def sample_points(network: Network, box: Interval, generator: torch.Generator, uniform: int = 64,
+                  corners: int = 32, pushed_nodes: int = 6, steps: int = 20) -> Tensor:
+    """Points [N, B, *input_shape] inside the box."""
+    low, high = box.lower, box.upper
+    shape = (uniform, *low.shape)
+    parts = [low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64).to(low.dtype)]
+    signs = torch.rand((corners, *low.shape), generator=generator) < 0.5
+    parts.append(torch.where(signs, high, low))
+    nodes = list(range(1, len(network.nodes)))
+    chosen = [nodes[i] for i in torch.randperm(len(nodes), generator=generator)[:pushed_nodes].tolist()]
+    for index in chosen:
+        parts.append(_pushed(network, box, index, generator, steps))
+    return torch.cat(parts)
+
+
+def _pushed(network: Network, box: Interval, index: int, generator: torch.Generator, steps: int) -> Tensor:
+    """Signed-gradient ascent and descent of random linear functions of node `index`."""
+    low, high = box.lower, box.upper
+    starts = 4
+    direction = torch.randn((2 * starts, *low.shape[:1], *network.nodes[index].shape), generator=generator,
+                            dtype=torch.float64).to(low.dtype)
+    direction[starts:] = -direction[:starts]
+    x = low + (high - low) * torch.rand((2 * starts, *low.shape), generator=generator, dtype=torch.float64).to(low.dtype)
+    for step in range(steps):
+        x = x.detach().requires_grad_(True)
+        value = network.forward_all(x.reshape(-1, *network.input_shape))[index]
+        objective = (value.reshape(direction.shape) * direction).sum()
+        (gradient,) = torch.autograd.grad(objective, x)
+        size = 0.25 * (1 - step / steps)
+        x = torch.max(torch.min(x + size * (high - low) * gradient.sign(), high), low)
+    return x.detach()
+
+
+def violations(network: Network, bounds: list[Interval], points: Tensor, relative: float) -> list[str]:
+    """Descriptions of every node where a sampled value leaves its bounds by more than the tolerance."""
+    count, batch = points.shape[:2]
+    with torch.no_grad():
+        values = network.forward_all(points.reshape(-1, *network.input_shape))
+    found = []
+    for index, (value, interval) in enumerate(zip(values, bounds)):
+        value = value.reshape(count, batch, *value.shape[1:])
+        scale = 1 + torch.maximum(interval.lower.abs(), interval.upper.abs()).nan_to_num(posinf=0, neginf=0)
+        tolerance = relative * scale
+        below = (interval.lower - value - tolerance).max()
+        above = (value - interval.upper - tolerance).max()
+        if below > 0 or above > 0:
+            found.append(f"node {index} ({network.nodes[index].label}): out of bounds by {max(below, above):.3g}")
+    return found
+
+
+def check(network: Network, method: str, seed: int = 0, batch: int = 2, radius: float = 0.3,
+          box: Interval | None = None) -> list[str]:
+    """Sample a box (or use `box`), bound it with `method`, return the violations found."""
+    generator = torch.Generator().manual_seed(seed)
+    box = box if box is not None else random_box(network, generator, batch, radius)
+    with torch.no_grad():
+        bounds = node_bounds(network, box, method, generator=generator)
+    points = sample_points(network, box, generator)
+    relative = 1e-9 if network.dtype == torch.float64 else 2e-5
+    return violations(network, bounds, points, relative)
