@@ -60,7 +60,10 @@ def summarize(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for suite in suites + ["total"]:
         group = [r for r in rows if suite == "total" or r["suite"] == suite]
-        count = lambda key, value: sum(1 for r in group if r[key] == value)  # noqa: E731
+
+        def count(key: str, value: str, group: list[dict] = group) -> int:
+            return sum(1 for r in group if r[key] == value)
+
         times = [float(r["seconds"]) for r in group]
         lines.append(
             f"{suite:16s} {len(group):4d} {count('verdict', 'sat'):4d} {count('verdict', 'unsat'):5d} "

@@ -76,7 +76,8 @@ def _pushed(network: Network, box: Interval, index: int, generator: torch.Genera
     direction = torch.randn((2 * starts, *low.shape[:1], *network.nodes[index].shape), generator=generator,
                             dtype=torch.float64).to(low.dtype)
     direction[starts:] = -direction[:starts]
-    x = low + (high - low) * torch.rand((2 * starts, *low.shape), generator=generator, dtype=torch.float64).to(low.dtype)
+    noise = torch.rand((2 * starts, *low.shape), generator=generator, dtype=torch.float64).to(low.dtype)
+    x = low + (high - low) * noise
     for step in range(steps):
         x = x.detach().requires_grad_(True)
         value = network.forward_all(x.reshape(-1, *network.input_shape))[index]

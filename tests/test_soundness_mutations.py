@@ -95,7 +95,7 @@ def multiply_swapped_offsets(self, coeffs, x, y):
 
 
 def matmul_ibp_no_cross_term(self, x, y):
-    cx, rx, cy, ry = x.center, x.radius, y.center, y.radius
+    cx, _rx, cy, ry = x.center, x.radius, y.center, y.radius
     return Interval.from_center(cx @ cy, cx.abs() @ ry)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -154,10 +155,8 @@ def test_unreadable_and_non_utf8_files(tmp_path):
 
 def _all_shared_properties() -> list:
     roots = [shared_or_skip()]
-    try:
+    with contextlib.suppress(pytest.skip.Exception):
         roots.append(opcoverage_or_skip())
-    except pytest.skip.Exception:
-        pass
     return sorted(p for root in roots for p in root.rglob("*.vnnlib"))
 
 
