@@ -14,6 +14,9 @@ from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
 from verifier.bounds.network import Network
 
+# Rounding allowed per unit of summed magnitude: about 1e4 roundings of each dtype's unit.
+ROUNDING = {torch.float64: 1e-12, torch.float32: 1e-3}
+
 
 def random_box(network: Network, generator: torch.Generator, batch: int = 2, radius: float = 0.3) -> Interval:
     shape = (batch, *network.input_shape)
@@ -23,17 +26,26 @@ def random_box(network: Network, generator: torch.Generator, batch: int = 2, rad
 
 
 def node_bounds(network: Network, box: Interval, method: str, rows_per_node: int = 24,
-                generator: torch.Generator | None = None) -> list[Interval]:
-    """Bounds for every node; for 'crown', each node's interval is also tightened by a backward
-    sweep started at that node (on up to `rows_per_node` random neurons), so that the backward
-    rules themselves are what gets checked."""
+                generator: torch.Generator | None = None) -> tuple[list[Interval], list[Tensor]]:
+    """Bounds for every node, and the absolute rounding slack allowed for each.
+
+    For 'crown', each node's interval is replaced, on up to `rows_per_node` random neurons, by a
+    backward sweep started at that node, so that the backward rules themselves are checked. Their
+    slack is ROUNDING times the magnitude of the terms summed into the bound (the same quantity
+    that sizes the proof margin): a bound that cancels terms of 1e10 down to 1e2 carries their
+    rounding error.
+    """
     if method == "ibp":
-        return interval_bounds(network, box)
+        bounds = interval_bounds(network, box)
+        # IBP's centre/radius sums cancel too: allow rounding of the largest value on the way.
+        largest = max(float(torch.maximum(b.lower.abs(), b.upper.abs()).nan_to_num(0, 0, 0).max()) for b in bounds)
+        return bounds, [torch.tensor(ROUNDING[network.dtype] * largest) for _ in bounds]
     bounds = crown_bounds(network, box)
-    checked = []
+    checked, slacks = [], []
     for index, interval in enumerate(bounds):
         if index == 0:
             checked.append(interval)
+            slacks.append(torch.zeros(()))
             continue
         numel = interval.lower[0].numel()
         batch = interval.lower.shape[0]
@@ -43,15 +55,19 @@ def node_bounds(network: Network, box: Interval, method: str, rows_per_node: int
         span = torch.arange(count)
         coeffs[:, span, positions] = 1.0
         coeffs[:, count + span, positions] = -1.0
-        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * count, *network.nodes[index].shape),
-                               bounds).lower
+        linear = backward_bound(network, index, coeffs.reshape(batch, 2 * count, *network.nodes[index].shape),
+                                bounds)
         lower = interval.lower.reshape(batch, -1).clone()
         upper = interval.upper.reshape(batch, -1).clone()
+        slack = torch.zeros_like(lower)
         # Replace (not intersect) the sampled neurons' bounds with the backward bound: this checks it.
-        lower[:, positions] = bound[:, :count]
-        upper[:, positions] = -bound[:, count:]
+        lower[:, positions] = linear.lower[:, :count]
+        upper[:, positions] = -linear.lower[:, count:]
+        slack[:, positions] = ROUNDING[network.dtype] * torch.maximum(linear.magnitude[:, :count],
+                                                                      linear.magnitude[:, count:])
         checked.append(Interval(lower.reshape(interval.lower.shape), upper.reshape(interval.upper.shape)))
-    return checked
+        slacks.append(slack.reshape(interval.lower.shape))
+    return checked, slacks
 
 
 def sample_points(network: Network, box: Interval, generator: torch.Generator, uniform: int = 64,
@@ -88,16 +104,17 @@ def _pushed(network: Network, box: Interval, index: int, generator: torch.Genera
     return x.detach()
 
 
-def violations(network: Network, bounds: list[Interval], points: Tensor, relative: float) -> list[str]:
+def violations(network: Network, bounds: list[Interval], slacks: list[Tensor], points: Tensor,
+               relative: float) -> list[str]:
     """Descriptions of every node where a sampled value leaves its bounds by more than the tolerance."""
     count, batch = points.shape[:2]
     with torch.no_grad():
         values = network.forward_all(points.reshape(-1, *network.input_shape))
     found = []
-    for index, (value, interval) in enumerate(zip(values, bounds)):
+    for index, (value, interval, slack) in enumerate(zip(values, bounds, slacks)):
         value = value.reshape(count, batch, *value.shape[1:])
         scale = 1 + torch.maximum(interval.lower.abs(), interval.upper.abs()).nan_to_num(posinf=0, neginf=0)
-        tolerance = relative * scale
+        tolerance = relative * scale + slack
         below = (interval.lower - value - tolerance).max()
         above = (value - interval.upper - tolerance).max()
         if below > 0 or above > 0:
@@ -111,7 +128,7 @@ def check(network: Network, method: str, seed: int = 0, batch: int = 2, radius: 
     generator = torch.Generator().manual_seed(seed)
     box = box if box is not None else random_box(network, generator, batch, radius)
     with torch.no_grad():
-        bounds = node_bounds(network, box, method, generator=generator)
+        bounds, slacks = node_bounds(network, box, method, generator=generator)
     points = sample_points(network, box, generator)
     relative = 1e-9 if network.dtype == torch.float64 else 2e-5
-    return violations(network, bounds, points, relative)
+    return violations(network, bounds, slacks, points, relative)

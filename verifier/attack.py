@@ -7,6 +7,7 @@ some margin is <= 0. Every candidate goes to the onnxruntime check before it cou
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,13 +74,17 @@ class Falsifier:
             if found is not None:
                 return found
         done = 0
-        while (rounds is None or done < rounds) and self.time_left() > 0:
+        last_round = 0.0
+        # a round that cannot finish before the deadline is not started
+        while (rounds is None or done < rounds) and self.time_left() > last_round:
+            started = time.perf_counter()
             if self.settings.restarts > 0 and self.settings.steps > 0:
                 found = self.gradient_search(first_round=self.rounds_done == 0)
             else:
                 found = self.random_search()
             self.rounds_done += 1
             done += 1
+            last_round = time.perf_counter() - started
             if found is not None:
                 return found
         return None

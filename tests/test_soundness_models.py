@@ -1,0 +1,59 @@
+"""Sampled soundness of IBP and CROWN on every shared competition model, at every node.
+
+The box is the first input box of a property of the model (as in the instances CSV); the
+check runs in float64, so that any rule error shows up above rounding noise.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import soundness
+from tests.conftest import cached_model, opcoverage_or_skip, shared_or_skip
+from tests.test_load import _first_properties
+from verifier.bounds.core import Interval
+from verifier.errors import ModelError
+from verifier.graph import build_network
+from verifier.spec import Spec
+from vnnlib import parse_file
+
+
+def _model_pairs(root_fn) -> list:
+    try:
+        root = root_fn()
+    except pytest.skip.Exception:
+        return []
+    pairs = _first_properties(root)
+    return sorted(pairs.items())
+
+
+def _check_model(model_path, prop_path, method: str) -> list[str]:
+    model = cached_model(str(model_path))
+    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
+    case = prop.cases[0]
+    try:
+        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
+    except ModelError as error:
+        pytest.skip(f"not supported: {error}")
+    spec = Spec.build(prop, network.input_shape, torch.float64)
+    box = Interval(spec.box.lower[:1], spec.box.upper[:1])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        bounds, slacks = soundness.node_bounds(network, box, method, rows_per_node=12, generator=generator)
+    points = soundness.sample_points(network, box, generator, uniform=24, corners=12, pushed_nodes=3, steps=8)
+    return soundness.violations(network, bounds, slacks, points, 1e-9)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+@pytest.mark.parametrize("model_path,prop_path", _model_pairs(shared_or_skip),
+                         ids=lambda value: getattr(value, "name", str(value)))
+def test_competition_model_bounds_contain_sampled_values(model_path, prop_path, method):
+    assert _check_model(model_path, prop_path, method) == []
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+@pytest.mark.parametrize("model_path,prop_path", _model_pairs(opcoverage_or_skip),
+                         ids=lambda value: getattr(value, "name", str(value)))
+def test_opcoverage_model_bounds_contain_sampled_values(model_path, prop_path, method):
+    assert _check_model(model_path, prop_path, method) == []
