@@ -38,25 +38,15 @@ def spec_bound(network: Network, spec: Spec, method: str) -> LinearBound:
     coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
     if method == "ibp":
         bounds = interval_bounds(network, spec.box)
-        return _interval_bound(coeffs, bounds, network.output)
+        return interval_concretize(coeffs, bounds[network.output])
     if method == "crown":
         bounds = crown_bounds(network, spec.box)
         linear = backward_bound(network, network.output, coeffs, bounds)
-        interval = _interval_bound(coeffs, bounds, network.output)
+        interval = interval_concretize(coeffs, bounds[network.output])
         better = interval.lower > linear.lower
         return LinearBound(torch.where(better, interval.lower, linear.lower),
                            torch.where(better, interval.magnitude, linear.magnitude))
     raise ValueError(f"unknown bound method '{method}'")
-
-
-def _interval_bound(coeffs: torch.Tensor, bounds: list, output: int) -> LinearBound:
-    """The interval bound of the rows at the output; its magnitude includes the largest value met on
-    the way, since the interval arithmetic of every layer rounds at that size."""
-    bound = interval_concretize(coeffs, bounds[output])
-    sizes = [torch.maximum(b.lower.abs(), b.upper.abs()).reshape(b.lower.shape[0], -1) for b in bounds]
-    # infinite bounds (max-pool padding cells) take no part in any sum
-    largest = torch.stack([torch.where(torch.isfinite(s), s, 0.0).amax(1) for s in sizes]).amax(0)
-    return LinearBound(bound.lower, bound.magnitude + largest.unsqueeze(1))
 
 
 def prove(network: Network, spec: Spec, method: str) -> Proof:

@@ -13,7 +13,7 @@ from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
 
 from verifier.bounds.arith import affine
-from verifier.bounds.core import Interval, Unsupported, register
+from verifier.bounds.core import Interval, Unsupported, register, rounding
 from verifier.bounds.relaxation import Elementwise, LinearRelaxation, extremum_intercepts
 
 _BISECTION_STEPS = 24
@@ -57,7 +57,9 @@ class SShaped(Elementwise):
         return self.f(x)
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval(self.f(x.lower), self.f(x.upper))
+        low, high = self.f(x.lower), self.f(x.upper)
+        error = rounding(low.dtype, 2) * torch.maximum(low.abs(), high.abs())  # a few ulp of libm
+        return Interval(low - error, high + error)
 
     def _tangent_through(self, anchor: Tensor, start: Tensor, stop: Tensor) -> Tensor:
         """Bisect for the tangent point t in [start, stop] whose tangent passes through (anchor, f(anchor))."""

@@ -35,11 +35,13 @@ class Affine(Rule):
 
     def ibp(self, x: Interval) -> Interval:
         center, radius = self.forward(x.center), x.radius
+        magnitude = x.center.abs() + x.radius
         if self.scale is not None:
             radius = radius * self.scale.abs()
-        elif radius.shape != center.shape:
-            radius = radius.expand_as(center)
-        return Interval.from_center(center, radius)
+            magnitude = magnitude * self.scale.abs()
+        if self.shift is not None:
+            magnitude = magnitude + self.shift.abs()
+        return Interval.from_center(center, radius.expand_as(center), magnitude.expand_as(center), 2)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         bias = 0.0
@@ -65,12 +67,12 @@ class WeightedSum(Rule):
         return total
 
     def ibp(self, *xs: Interval) -> Interval:
-        lower = upper = 0.0
+        center = radius = magnitude = 0.0
         for weight, x in zip(self.weights, xs):
-            low, high = (x.lower, x.upper) if weight >= 0 else (x.upper, x.lower)
-            lower = lower + weight * low
-            upper = upper + weight * high
-        return Interval(lower, upper)
+            center = center + weight * x.center
+            radius = radius + abs(weight) * x.radius
+            magnitude = magnitude + abs(weight) * (x.center.abs() + x.radius)
+        return Interval.from_center(center, radius, magnitude, 2 * len(self.weights))
 
     def backward(self, coeffs: Tensor, *xs: Interval | None) -> Backward:
         return Backward([sum_to_shape(coeffs * w, shape) for w, shape in zip(self.weights, self.in_shapes)])

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.arith import align_rank
-from verifier.bounds.core import Backward, Interval, Rule, row_sum, sum_to_shape
+from verifier.bounds.core import Backward, Interval, Rule, rounding, row_sum, sum_to_shape
 from verifier.bounds.smooth import Power, reciprocal
 
 
@@ -33,7 +33,9 @@ class Multiply(Rule):
 
     def ibp(self, x: Interval, y: Interval) -> Interval:
         products = torch.stack([x.lower * y.lower, x.lower * y.upper, x.upper * y.lower, x.upper * y.upper])
-        return Interval(products.amin(0), products.amax(0))
+        low, high = products.amin(0), products.amax(0)
+        error = rounding(low.dtype, 1) * torch.maximum(low.abs(), high.abs())
+        return Interval(low - error, high + error)
 
     def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
         positive = coeffs.clamp(min=0)
@@ -61,7 +63,8 @@ class MatMulVariables(Rule):
     def ibp(self, x: Interval, y: Interval) -> Interval:
         cx, rx, cy, ry = x.center, x.radius, y.center, y.radius
         radius = cx.abs() @ ry + rx @ cy.abs() + rx @ ry
-        return Interval.from_center(cx @ cy, radius)
+        magnitude = (cx.abs() + rx) @ (cy.abs() + ry)
+        return Interval.from_center(cx @ cy, radius, magnitude, 3 * x.lower.shape[-1])
 
     def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
         positive = coeffs.clamp(min=0)

@@ -35,7 +35,15 @@ class Interval:
         return Interval(value, value)
 
     @staticmethod
-    def from_center(center: Tensor, radius: Tensor) -> Interval:
+    def from_center(center: Tensor, radius: Tensor, magnitude: Tensor | None = None, terms: int = 0) -> Interval:
+        """`center ± radius`, widened by the rounding error of sums of `terms` values of size `magnitude`.
+
+        Interval arithmetic in floating point is only sound with that allowance: a network that
+        cancels values of 1e16 down to 1 (the nn4sys learned indexes do) loses more than the
+        interval's width to rounding otherwise.
+        """
+        if magnitude is not None:
+            radius = radius + rounding(center.dtype, terms) * magnitude
         return Interval(center - radius, center + radius)
 
     def intersect(self, other: Interval) -> Interval:
@@ -61,6 +69,9 @@ class Rule(nn.Module):
     has_linear_rule = True
     # True for bijective layout changes (reshape, transpose): the image of a box is a box.
     preserves_box = False
+    # True for single-input rules that only move or copy values (reshape, transpose, selections):
+    # their interval is exactly the selection of their input's, so bounds are refined before them.
+    selects_only = False
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError
@@ -125,6 +136,20 @@ def sum_to_shape(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
     if dims:
         tensor = tensor.sum(dim=dims, keepdim=True)
     return tensor
+
+
+# Rounding allowance of one backward sweep (or one proof), in sums of this many terms.
+SWEEP_TERMS = 2048
+
+
+def rounding(dtype: torch.dtype, terms: int) -> float:
+    """Relative bound on the rounding error of a sum of `terms` products in `dtype`.
+
+    A floating-point dot product of n terms errs by at most gamma_n = n u / (1 - n u) times the
+    sum of the absolute terms (u the unit roundoff, eps / 2); (n + 2) eps is that bound with a
+    factor 2 to spare, plus two more roundings (the bias, the centre +- radius).
+    """
+    return (terms + 2) * torch.finfo(dtype).eps
 
 
 def row_sum(tensor: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from verifier.bounds.core import Interval
+from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
 from verifier.bounds.network import Network
 
 # Largest coefficient tensor (elements) one backward sweep may hold; larger work is chunked.
@@ -93,7 +93,7 @@ def backward_bound(network: Network, start: int, coeffs: Tensor, bounds: list[In
                 continue
             pending[source] = pending[source] + source_coeffs if source in pending else source_coeffs
     lower = torch.where(torch.isnan(total.lower), -torch.inf, total.lower)
-    return LinearBound(lower, total.magnitude)
+    return LinearBound(lower, torch.where(torch.isnan(total.magnitude), torch.inf, total.magnitude))
 
 
 def nodes_to_refine(network: Network) -> set[int]:
@@ -110,11 +110,45 @@ def nodes_to_refine(network: Network) -> set[int]:
         single_box_input = len(node.inputs) == 1 and is_box[node.inputs[0]]
         is_box[index] = single_box_input and rule.preserves_box
         exact[index] = single_box_input and not rule.needs_bounds and rule.has_linear_rule
-    needed: set[int] = set()
+    pending: list[int] = []
     for node in network.nodes[1:]:
         if network.rules[node.rule].needs_bounds:
-            needed.update(node.inputs)
+            pending.extend(node.inputs)
+    needed: set[int] = set()
+    seen: set[int] = set()
+    while pending:  # refine before selections: their intervals follow exactly from their input's
+        index = pending.pop()
+        if index in seen or index == 0:
+            continue
+        seen.add(index)
+        if network.rule(index).selects_only:
+            pending.extend(network.nodes[index].inputs)
+        else:
+            needed.add(index)
     return {i for i in needed if not exact[i] and not network.rule(i).needs_bounds}
+
+
+def relevant_neurons(network: Network, index: int, bounds: Interval) -> Tensor | None:
+    """[B, *shape] bool: neurons of node `index` whose tighter bounds some relaxation would use
+    (None: none), given the node's current bounds. Found through selections by moving their
+    consumers' masks back with the selection's own backward rule."""
+    result = None
+    for consumer in network.consumers[index]:
+        rule = network.rule(consumer)
+        if rule.selects_only:
+            mask = relevant_neurons(network, consumer, rule.ibp(bounds))
+            if mask is None:
+                continue
+            moved = rule.backward(mask.to(bounds.lower.dtype).unsqueeze(1)).inputs[0].squeeze(1)
+            mask = moved != 0
+        elif rule.needs_bounds:
+            mask = rule.relevant(bounds)
+            if mask is None:
+                mask = torch.ones_like(bounds.lower, dtype=torch.bool)
+        else:
+            continue
+        result = mask if result is None else result | mask
+    return result
 
 
 def crown_bounds(network: Network, box: Interval) -> list[Interval | None]:
@@ -133,13 +167,7 @@ def crown_bounds(network: Network, box: Interval) -> list[Interval | None]:
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None]) -> Interval:
     """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
     batch = current.lower.shape[0]
-    relevant = None
-    for consumer in network.consumers[index]:
-        mask = network.rules[network.nodes[consumer].rule].relevant(current)
-        if mask is None:
-            relevant = torch.ones_like(current.lower, dtype=torch.bool)
-            break
-        relevant = mask if relevant is None else relevant | mask
+    relevant = relevant_neurons(network, index, current)
     if relevant is None:
         return current
     positions = relevant.reshape(batch, -1).any(0).nonzero().flatten()
@@ -158,9 +186,12 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
         span = torch.arange(rows, device=part.device)
         coeffs[:, span, part] = 1.0
         coeffs[:, rows + span, part] = -1.0
-        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * rows, *shape), bounds).lower
-        lower[:, part] = torch.maximum(lower[:, part], bound[:, :rows])
-        upper[:, part] = torch.minimum(upper[:, part], -bound[:, rows:])
+        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * rows, *shape), bounds)
+        # the sweep's own rounding, sized by the terms it summed, keeps the bounds sound
+        error = rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
+        safe = torch.where(torch.isinf(bound.lower), bound.lower, bound.lower - error)
+        lower[:, part] = torch.maximum(lower[:, part], safe[:, :rows])
+        upper[:, part] = torch.minimum(upper[:, part], -safe[:, rows:])
     return Interval(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
 
 

@@ -31,7 +31,10 @@ class Linear(Rule):
         return F.linear(x, self.weight, self.bias)
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval.from_center(self.forward(x.center), F.linear(x.radius, self.weight.abs()))
+        size = self.weight.abs()
+        magnitude = F.linear(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        return Interval.from_center(self.forward(x.center), F.linear(x.radius, size), magnitude,
+                                    self.weight.shape[1] + 1)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         bias = 0.0
@@ -74,7 +77,10 @@ class Conv(Rule):
         return self._conv(x, self.weight, self.bias)
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval.from_center(self.forward(x.center), self._conv(x.radius, self.weight.abs(), None))
+        size = self.weight.abs()
+        magnitude = self._conv(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        return Interval.from_center(self.forward(x.center), self._conv(x.radius, size, None), magnitude,
+                                    self.weight[0].numel() + 1)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         lead = coeffs.shape[:2]
@@ -113,7 +119,10 @@ class ConvTranspose(Rule):
         return self._conv_t(x, self.weight, self.bias)
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval.from_center(self.forward(x.center), self._conv_t(x.radius, self.weight.abs(), None))
+        size = self.weight.abs()
+        magnitude = self._conv_t(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        return Interval.from_center(self.forward(x.center), self._conv_t(x.radius, size, None), magnitude,
+                                    self.weight.shape[0] * self.weight[0, 0].numel() + 1)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         lead = coeffs.shape[:2]
@@ -137,7 +146,11 @@ class Reduce(Rule):
         return x.sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * self.factor
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval(self.forward(x.lower), self.forward(x.upper))
+        terms = 1
+        for axis in self.axes:
+            terms *= self.in_shape[axis]
+        return Interval.from_center(self.forward(x.center), self.forward(x.radius),
+                                    self.forward(x.center.abs() + x.radius), terms)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         if not self.keepdim:

@@ -50,7 +50,11 @@ class AvgPool(Rule):
         return (summed[:, 0] * self.scale.to(x.dtype)).reshape(x.shape[0], *self.out_shape)
 
     def ibp(self, x: Interval) -> Interval:
-        return Interval(self.forward(x.lower), self.forward(x.upper))
+        terms = 1
+        for size in self.kernel:
+            terms *= size
+        return Interval.from_center(self.forward(x.center), self.forward(x.radius),
+                                    self.forward(x.center.abs() + x.radius), terms + 1)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         lead = coeffs.shape[:2]

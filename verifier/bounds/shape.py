@@ -38,6 +38,7 @@ class Reshape(Rule):
     """Reinterpret the row-major order of a per-sample shape as another shape."""
 
     preserves_box = True
+    selects_only = True
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
         super().__init__()
@@ -58,6 +59,7 @@ class Transpose(Rule):
     """Permute the per-sample axes by `perm`."""
 
     preserves_box = True
+    selects_only = True
 
     def __init__(self, perm: Sequence[int]) -> None:
         super().__init__()
@@ -76,6 +78,8 @@ class Transpose(Rule):
 
 class Select(Rule):
     """`y[j] = x_flat[index[j]]`, or the constant `fill[j]` where `index[j] == -1`."""
+
+    selects_only = True
 
     def __init__(self, index: Tensor, fill: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
         super().__init__()
