@@ -41,12 +41,21 @@ def spec_bound(network: Network, spec: Spec, method: str) -> LinearBound:
         return interval_concretize(coeffs, bounds[network.output])
     if method == "crown":
         bounds = crown_bounds(network, spec.box)
-        linear = backward_bound(network, network.output, coeffs, bounds)
-        interval = interval_concretize(coeffs, bounds[network.output])
-        better = interval.lower > linear.lower
-        return LinearBound(torch.where(better, interval.lower, linear.lower),
-                           torch.where(better, interval.magnitude, linear.magnitude))
+        candidates = [backward_bound(network, network.output, coeffs, bounds),
+                      interval_concretize(coeffs, bounds[network.output]),
+                      interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])]
+        return tightest(candidates)
     raise ValueError(f"unknown bound method '{method}'")
+
+
+def tightest(bounds: list[LinearBound]) -> LinearBound:
+    """Row by row, the largest of several sound lower bounds (with its own magnitude)."""
+    best = bounds[0]
+    for other in bounds[1:]:
+        better = other.lower > best.lower
+        best = LinearBound(torch.where(better, other.lower, best.lower),
+                           torch.where(better, other.magnitude, best.magnitude))
+    return best
 
 
 def prove(network: Network, spec: Spec, method: str) -> Proof:

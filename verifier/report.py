@@ -6,7 +6,9 @@ import time
 
 import torch
 
+from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
+from verifier.bounds.network import Network
 from verifier.graph import build_network
 from verifier.load import load_model
 from verifier.spec import Spec
@@ -24,7 +26,7 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
     spec = Spec.build(prop, network.input_shape, network.dtype, device)
     start = time.perf_counter()
     with torch.no_grad():
-        lower, upper = raw_output_bounds(network, spec, method)
+        lower, upper = raw_output_bounds(network, spec.box, method)
     seconds = time.perf_counter() - start
     cases = []
     for b in range(spec.cases):
@@ -37,18 +39,20 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
     return {"method": method, "seconds": seconds, "cases": cases}
 
 
-def raw_output_bounds(network, spec: Spec, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds [B, n_out] of the flattened outputs."""
+def raw_output_bounds(network: Network, box: Interval, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape]."""
+    cases = box.lower.shape[0]
     if method == "ibp":
-        out = interval_bounds(network, spec.box)[network.output]
-        return out.lower.reshape(spec.cases, -1), out.upper.reshape(spec.cases, -1)
-    bounds = crown_bounds(network, spec.box)
-    out = bounds[network.output]
+        out = interval_bounds(network, box)[network.output]
+        return out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)
+    bounds = crown_bounds(network, box)
+    # CROWN is not monotone in its intermediate bounds: keep the final IBP interval where tighter
+    out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
     count = out.lower[0].numel()
     eye = torch.eye(count, dtype=network.dtype, device=network.device)
-    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(spec.cases, -1, -1)
-    coeffs = coeffs.reshape(spec.cases, 2 * count, *network.output_shape)
+    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(cases, -1, -1)
+    coeffs = coeffs.reshape(cases, 2 * count, *network.output_shape)
     bound = backward_bound(network, network.output, coeffs, bounds).lower
-    lower = torch.maximum(bound[:, :count], out.lower.reshape(spec.cases, -1))
-    upper = torch.minimum(-bound[:, count:], out.upper.reshape(spec.cases, -1))
+    lower = torch.maximum(bound[:, :count], out.lower.reshape(cases, -1))
+    upper = torch.minimum(-bound[:, count:], out.upper.reshape(cases, -1))
     return lower, upper

@@ -51,6 +51,14 @@ def interval_bounds(network: Network, box: Interval) -> list[Interval]:
 def interval_concretize(coeffs: Tensor, bounds: Interval) -> LinearBound:
     """Lower bound of <coeffs, z> [B, m] for z in the interval (coeffs [B, m, *shape])."""
     flat = coeffs.reshape(coeffs.shape[0], coeffs.shape[1], -1)
+    if bool(torch.isfinite(bounds.lower).all() and torch.isfinite(bounds.upper).all()):
+        # A c - |A| r and |A| max(|l|, |u|), as two batched matrix products
+        batch = bounds.lower.shape[0]
+        lower, upper = bounds.lower.reshape(batch, -1), bounds.upper.reshape(batch, -1)
+        center, radius = ((upper + lower) / 2).unsqueeze(-1), ((upper - lower) / 2).unsqueeze(-1)
+        size = torch.maximum(lower.abs(), upper.abs()).unsqueeze(-1)
+        size_terms = torch.bmm(flat.abs(), torch.cat([radius, size], dim=-1))
+        return LinearBound(torch.bmm(flat, center).squeeze(-1) - size_terms[..., 0], size_terms[..., 1])
     lower = bounds.lower.reshape(bounds.lower.shape[0], 1, -1)
     upper = bounds.upper.reshape(bounds.upper.shape[0], 1, -1)
     positive = flat.clamp(min=0)
@@ -152,7 +160,8 @@ def relevant_neurons(network: Network, index: int, bounds: Interval) -> Tensor |
 
 
 def crown_bounds(network: Network, box: Interval) -> list[Interval | None]:
-    """Intervals for every node: IBP from the best bounds so far, tightened by CROWN where needed."""
+    """Intervals for every node: IBP from the bounds so far, and CROWN on the neurons that a
+    relaxation needs and IBP leaves unstable (as the published algorithm's sparse mode does)."""
     needed = nodes_to_refine(network)
     bounds: list[Interval | None] = [box]
     for index, node in enumerate(network.nodes[1:], start=1):
@@ -190,8 +199,11 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
         # the sweep's own rounding, sized by the terms it summed, keeps the bounds sound
         error = rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
         safe = torch.where(torch.isinf(bound.lower), bound.lower, bound.lower - error)
-        lower[:, part] = torch.maximum(lower[:, part], safe[:, :rows])
-        upper[:, part] = torch.minimum(upper[:, part], -safe[:, rows:])
+        # CROWN replaces (does not intersect) IBP on these neurons: tighter intermediate bounds
+        # can turn CROWN's adaptive lower slopes the wrong way, and the published algorithm's
+        # bounds must never beat ours.
+        lower[:, part] = safe[:, :rows]
+        upper[:, part] = -safe[:, rows:]
     return Interval(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
 
 

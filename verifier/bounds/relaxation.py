@@ -26,16 +26,31 @@ class LinearRelaxation:
 
 
 def relaxed_backward(coeffs: Tensor, relaxation: LinearRelaxation) -> Backward:
-    """Coefficients on the input and the bias of the lower bound of <coeffs, f(x)>."""
+    """Coefficients on the input and the bias of the lower bound of <coeffs, f(x)>.
 
-    def per_row(t: Tensor) -> Tensor:
-        return t.unsqueeze(1) if t.dim() == coeffs.dim() - 1 else t
-
-    positive = coeffs.clamp(min=0)
-    negative = coeffs - positive
-    new = positive * per_row(relaxation.lower_slope) + negative * per_row(relaxation.upper_slope)
-    bias = row_sum(positive * per_row(relaxation.lower_intercept) + negative * per_row(relaxation.upper_intercept))
+    With A- = min(A, 0): A_x = A * lower_slope + A- * (upper_slope - lower_slope), and the bias
+    is <A, lower_intercept> + <A-, upper_intercept - lower_intercept> (fewer passes over A than
+    splitting it into both signs).
+    """
+    negative = coeffs.clamp(max=0)
+    slope_gap = relaxation.upper_slope - relaxation.lower_slope
+    new = torch.addcmul(coeffs * _per_row(relaxation.lower_slope, coeffs), negative, _per_row(slope_gap, coeffs))
+    bias = _inner(negative, relaxation.upper_intercept - relaxation.lower_intercept)
+    if bool(relaxation.lower_intercept.any()):
+        bias = bias + _inner(coeffs, relaxation.lower_intercept)
     return Backward([new], bias)
+
+
+def _per_row(tensor: Tensor, coeffs: Tensor) -> Tensor:
+    return tensor.unsqueeze(1) if tensor.dim() == coeffs.dim() - 1 else tensor
+
+
+def _inner(coeffs: Tensor, values: Tensor) -> Tensor:
+    """<coeffs[b, r], values[b]> for every row [B, m], or with per-row values [B, m, *shape]."""
+    if values.dim() == coeffs.dim():
+        return row_sum(coeffs * values)
+    flat = coeffs.reshape(coeffs.shape[0], coeffs.shape[1], -1)
+    return torch.bmm(flat, values.reshape(values.shape[0], -1, 1)).squeeze(-1)
 
 
 class Elementwise(Rule):
