@@ -39,8 +39,11 @@ def run_one(instance: Instance, cap: float, out: Path, extra: list[str]) -> dict
                              "--timeout", str(timeout), "--results", str(results), *extra)
     start = time.time()
     try:
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout + KILL_GRACE)
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout + KILL_GRACE)
         verdict = results.read_text().split("\n", 1)[0].strip() if results.exists() else "error"
+        if verdict == "error":  # keep what the verifier said, for the record
+            (out / f"{safe}.err").write_text(done.stderr[-4000:])
     except subprocess.TimeoutExpired:
         verdict = "timeout"
     seconds = time.time() - start

@@ -81,7 +81,8 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
         found = _attack(falsifier, None, deadline, timings, log)
         if found is not None:
             return Outcome("sat", found, decided_by="attack", timings=timings)
-    return Outcome("timeout" if deadline.expired() else "unknown", timings=timings)
+        return Outcome("timeout", timings=timings)  # the attack stops only for the deadline
+    return Outcome("unknown", timings=timings)
 
 
 def _attack(falsifier: Falsifier, rounds: int | None, deadline: Deadline, timings: dict[str, float],

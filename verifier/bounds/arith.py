@@ -14,6 +14,7 @@ from onnx2torch.utils.common import old_style_broadcast
 from torch import Tensor
 
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+from verifier.bounds.patches import Patches
 from verifier.bounds.shape import Reshape
 
 
@@ -43,7 +44,19 @@ class Affine(Rule):
             magnitude = magnitude + self.shift.abs()
         return Interval.from_center(center, radius.expand_as(center), magnitude.expand_as(center), 2)
 
-    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+    @property
+    def accepts_patches(self) -> bool:
+        return len(self.in_shape) in (3, 4) and self.in_shape[:-3] in ((), (1,)) and all(
+            t is None or t.dim() <= len(self.in_shape) and torch.broadcast_shapes(t.shape, self.in_shape)
+            == self.in_shape for t in (self.scale, self.shift))
+
+    def backward(self, coeffs: Tensor | Patches, x: Interval | None = None) -> Backward:
+        if isinstance(coeffs, Patches):
+            bias = 0.0 if self.shift is None else coeffs.inner(self.shift.expand(self.in_shape).unsqueeze(0))
+            if self.scale is not None:
+                coeffs = coeffs.with_values(coeffs.values * coeffs.windows(self.scale.expand(self.in_shape)
+                                                                           .unsqueeze(0)))
+            return Backward([coeffs], bias)
         bias = 0.0
         if self.shift is not None:
             bias = row_sum(coeffs * self.shift)
@@ -74,7 +87,14 @@ class WeightedSum(Rule):
             magnitude = magnitude + abs(weight) * (x.center.abs() + x.radius)
         return Interval.from_center(center, radius, magnitude, 2 * len(self.weights))
 
-    def backward(self, coeffs: Tensor, *xs: Interval | None) -> Backward:
+    @property
+    def accepts_patches(self) -> bool:
+        first = self.in_shapes[0]
+        return len(first) in (3, 4) and first[:-3] in ((), (1,)) and all(s == first for s in self.in_shapes)
+
+    def backward(self, coeffs: Tensor | Patches, *xs: Interval | None) -> Backward:
+        if isinstance(coeffs, Patches):
+            return Backward([coeffs.scaled(w) for w in self.weights])
         return Backward([sum_to_shape(coeffs * w, shape) for w, shape in zip(self.weights, self.in_shapes)])
 
 

@@ -72,6 +72,8 @@ class Rule(nn.Module):
     # True for single-input rules that only move or copy values (reshape, transpose, selections):
     # their interval is exactly the selection of their input's, so bounds are refined before them.
     selects_only = False
+    # True when `backward` also takes window coefficients (bounds/patches.py); others get dense ones.
+    accepts_patches = False
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
 from verifier.bounds.network import Network
+from verifier.bounds.patches import Patches, combine, densify, identity_patches
 
 # Largest coefficient tensor (elements) one backward sweep may hold; larger work is chunked.
 COEFF_BUDGET = 1 << 25
@@ -48,8 +49,17 @@ def interval_bounds(network: Network, box: Interval) -> list[Interval]:
     return bounds
 
 
-def interval_concretize(coeffs: Tensor, bounds: Interval) -> LinearBound:
+def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBound:
     """Lower bound of <coeffs, z> [B, m] for z in the interval (coeffs [B, m, *shape])."""
+    if isinstance(coeffs, Patches):
+        finite = bool(torch.isfinite(bounds.lower).all() and torch.isfinite(bounds.upper).all())
+        if not finite:
+            return interval_concretize(coeffs.to_dense(), bounds)
+        size = torch.maximum(bounds.lower.abs(), bounds.upper.abs())
+        center, radius, size = coeffs.windows(bounds.center, bounds.radius, size)
+        absolute = coeffs.values.abs()
+        return LinearBound((coeffs.values * center - absolute * radius).sum(dim=(2, 3, 4)),
+                           (absolute * size).sum(dim=(2, 3, 4)))
     flat = coeffs.reshape(coeffs.shape[0], coeffs.shape[1], -1)
     if bool(torch.isfinite(bounds.lower).all() and torch.isfinite(bounds.upper).all()):
         # A c - |A| r and |A| max(|l|, |u|), as two batched matrix products
@@ -70,14 +80,17 @@ def interval_concretize(coeffs: Tensor, bounds: Interval) -> LinearBound:
     return LinearBound(value.sum(-1), magnitude.sum(-1))
 
 
-def backward_bound(network: Network, start: int, coeffs: Tensor, bounds: list[Interval | None]) -> LinearBound:
+def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
+                   bounds: list[Interval | None]) -> LinearBound:
     """Lower bound of <coeffs, z_start> over the input box bounds[0]; coeffs [B, m, *shape(start)].
 
     `bounds` must hold intervals for every node whose rule needs them; nodes without a linear
     rule are concretized with their interval (sound, looser).
     """
-    pending: dict[int, Tensor] = {start: coeffs}
-    total = LinearBound(coeffs.new_zeros(coeffs.shape[:2]), coeffs.new_zeros(coeffs.shape[:2]))
+    pending: dict[int, Tensor | Patches] = {start: coeffs}
+    lead = coeffs.values.shape[:2] if isinstance(coeffs, Patches) else coeffs.shape[:2]
+    template = coeffs.values if isinstance(coeffs, Patches) else coeffs
+    total = LinearBound(template.new_zeros(lead), template.new_zeros(lead))
     for index in reversed(network.ancestors(start)):
         node_coeffs = pending.pop(index, None)
         if node_coeffs is None:
@@ -89,17 +102,19 @@ def backward_bound(network: Network, start: int, coeffs: Tensor, bounds: list[In
         node = network.nodes[index]
         rule = network.rules[node.rule]
         if not rule.has_linear_rule:
-            part = interval_concretize(node_coeffs, bounds[index])
+            part = interval_concretize(densify(node_coeffs), bounds[index])
             total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
             continue
         inputs = [bounds[i] for i in node.inputs] if rule.needs_bounds else [None] * len(node.inputs)
+        if isinstance(node_coeffs, Patches) and not rule.accepts_patches:
+            node_coeffs = node_coeffs.to_dense()
         step = rule.backward(node_coeffs, *inputs)
         if not isinstance(step.bias, float):
             total = LinearBound(total.lower + step.bias, total.magnitude + step.bias.abs())
         for source, source_coeffs in zip(node.inputs, step.inputs):
             if source_coeffs is None:
                 continue
-            pending[source] = pending[source] + source_coeffs if source in pending else source_coeffs
+            pending[source] = combine(pending[source], source_coeffs) if source in pending else source_coeffs
     lower = torch.where(torch.isnan(total.lower), -torch.inf, total.lower)
     return LinearBound(lower, torch.where(torch.isnan(total.magnitude), torch.inf, total.magnitude))
 
@@ -188,14 +203,20 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
     chunk = max(1, COEFF_BUDGET // (2 * batch * max(widest, numel)))
     lower = current.lower.reshape(batch, -1).clone()
     upper = current.upper.reshape(batch, -1).clone()
+    windowed = network.rule(index).accepts_patches and len(shape) in (3, 4) and shape[-1] * shape[-2] > 1
     for begin in range(0, positions.numel(), chunk):
         part = positions[begin:begin + chunk]
         rows = part.numel()
-        coeffs = current.lower.new_zeros(batch, 2 * rows, numel)
-        span = torch.arange(rows, device=part.device)
-        coeffs[:, span, part] = 1.0
-        coeffs[:, rows + span, part] = -1.0
-        bound = backward_bound(network, index, coeffs.reshape(batch, 2 * rows, *shape), bounds)
+        if windowed:  # rows of a feature map touch only their receptive fields: start with windows
+            signs = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(part.device)
+            coeffs = identity_patches(torch.cat([part, part]), signs, batch, shape, current.lower.dtype)
+        else:
+            coeffs = current.lower.new_zeros(batch, 2 * rows, numel)
+            span = torch.arange(rows, device=part.device)
+            coeffs[:, span, part] = 1.0
+            coeffs[:, rows + span, part] = -1.0
+            coeffs = coeffs.reshape(batch, 2 * rows, *shape)
+        bound = backward_bound(network, index, coeffs, bounds)
         # the sweep's own rounding, sized by the terms it summed, keeps the bounds sound
         error = rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
         safe = torch.where(torch.isinf(bound.lower), bound.lower, bound.lower - error)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from verifier.bounds.arith import affine
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+from verifier.bounds.patches import Patches
 from verifier.bounds.shape import Reshape, Transpose
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -82,7 +83,28 @@ class Conv(Rule):
         return Interval.from_center(self.forward(x.center), self._conv(x.radius, size, None), magnitude,
                                     self.weight[0].numel() + 1)
 
-    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+    @property
+    def accepts_patches(self) -> bool:
+        return self.dims == 2 and len(self.in_shape) in (3, 4) and self.in_shape[:-3] in ((), (1,))
+
+    def _backward_patches(self, coeffs: Patches) -> Backward:
+        batch, rows = coeffs.values.shape[:2]
+        bias = 0.0
+        if self.bias is not None:
+            bias = coeffs.inner(self.bias.view(-1, 1, 1).expand(self.out_shape[-3:]).unsqueeze(0))
+        values = coeffs.values.reshape(batch * rows, *coeffs.values.shape[2:])
+        values = values.contiguous(memory_format=torch.channels_last)
+        back = F.conv_transpose2d(values, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
+        stride = (coeffs.stride[0] * self.stride[0], coeffs.stride[1] * self.stride[1])
+        padding = (coeffs.padding[0] * self.stride[0] + self.padding[0],
+                   coeffs.padding[1] * self.stride[1] + self.padding[1])
+        moved = Patches(back.reshape(batch, rows, *back.shape[1:]), stride, padding, coeffs.position,
+                        self.in_shape)
+        return Backward([moved if moved.worth_keeping else moved.to_dense()], bias)
+
+    def backward(self, coeffs: Tensor | Patches, x: Interval | None = None) -> Backward:
+        if isinstance(coeffs, Patches):
+            return self._backward_patches(coeffs)
         lead = coeffs.shape[:2]
         maps = coeffs.reshape(-1, *self.out_shape[-self.dims - 1:])
         bias = 0.0

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Backward, Interval, Rule, row_sum
+from verifier.bounds.patches import Patches
 
 
 @dataclass
@@ -32,6 +33,8 @@ def relaxed_backward(coeffs: Tensor, relaxation: LinearRelaxation) -> Backward:
     is <A, lower_intercept> + <A-, upper_intercept - lower_intercept> (fewer passes over A than
     splitting it into both signs).
     """
+    if isinstance(coeffs, Patches):
+        return _relaxed_patches(coeffs, relaxation)
     negative = coeffs.clamp(max=0)
     slope_gap = relaxation.upper_slope - relaxation.lower_slope
     new = torch.addcmul(coeffs * _per_row(relaxation.lower_slope, coeffs), negative, _per_row(slope_gap, coeffs))
@@ -39,6 +42,20 @@ def relaxed_backward(coeffs: Tensor, relaxation: LinearRelaxation) -> Backward:
     if bool(relaxation.lower_intercept.any()):
         bias = bias + _inner(coeffs, relaxation.lower_intercept)
     return Backward([new], bias)
+
+
+def _relaxed_patches(coeffs: Patches, relaxation: LinearRelaxation) -> Backward:
+    """The same step on window coefficients (relaxations shared by all rows)."""
+    values = coeffs.values
+    if relaxation.lower_slope.dim() != len(coeffs.shape) + 1:
+        return relaxed_backward(coeffs.to_dense(), relaxation)  # per-row relaxations: go dense
+    negative = values.clamp(max=0)
+    lower_slope, slope_gap, intercept_gap, lower_intercept = coeffs.windows(
+        relaxation.lower_slope, relaxation.upper_slope - relaxation.lower_slope,
+        relaxation.upper_intercept - relaxation.lower_intercept, relaxation.lower_intercept)
+    new = torch.addcmul(values * lower_slope, negative, slope_gap)
+    bias = (negative * intercept_gap + values * lower_intercept).sum(dim=(2, 3, 4))
+    return Backward([coeffs.with_values(new)], bias)
 
 
 def _per_row(tensor: Tensor, coeffs: Tensor) -> Tensor:
@@ -57,6 +74,7 @@ class Elementwise(Rule):
     """An element-wise operator with a two-line relaxation; subclasses implement `relax`."""
 
     needs_bounds = True
+    accepts_patches = True
 
     def relax(self, x: Interval) -> LinearRelaxation:
         raise NotImplementedError
