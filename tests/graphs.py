@@ -172,3 +172,29 @@ def product_graph(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 FAMILIES = {"dense": dense_graph, "conv": conv_graph, "shape": shape_graph, "products": product_graph}
+
+
+def residual_graph(rng: np.random.Generator) -> onnx.ModelProto:
+    """Stacked padded and strided convolutions with residual adds, as in ResNets (window sweeps)."""
+    g = GraphWriter(rng)
+    channels = int(rng.integers(2, 4))
+    x = g.op("Conv", ["x", g.weight(channels, 2, 3, 3), g.const(rng.normal(0, 0.1, channels))],
+             pads=[1, 1, 1, 1], strides=[2, 2])  # 12x12 -> 6x6
+    # two convolutions with nothing between them: window cells on padding must not leak
+    x = g.op("Conv", [x, g.weight(channels, channels, 3, 3), g.const(rng.normal(0, .1, channels))], pads=[1, 1, 1, 1])
+    x = g.op("Relu", [x])
+    for _ in range(2):
+        y = g.op("Relu", [g.op("Conv", [x, g.weight(channels, channels, 3, 3), g.const(rng.normal(0, .1, channels))],
+                                pads=[1, 1, 1, 1])])
+        y = g.op("Conv", [y, g.weight(channels, channels, 3, 3), g.const(rng.normal(0, .1, channels))],
+                 pads=[1, 1, 1, 1])
+        x = g.op("Relu", [g.op("Add", [y, x])])
+    skip = g.op("Conv", [x, g.weight(channels, channels, 1, 1), g.const(rng.normal(0, .1, channels))], strides=[2, 2])
+    y = g.op("Conv", [x, g.weight(channels, channels, 4, 4), g.const(rng.normal(0, .1, channels))],
+             pads=[1, 1, 1, 1], strides=[2, 2])  # 6x6 -> 3x3
+    x = g.op("Relu", [g.op("Add", [y, skip])])
+    x = g.op("Flatten", [x], axis=1)
+    return _dense_head(g, x, [1, 2, 12, 12])
+
+
+FAMILIES["residual"] = residual_graph

@@ -62,6 +62,6 @@ def test_competition_model_bounds_contain_sampled_values(model_path, prop_path, 
 @pytest.mark.parametrize("model_path,prop_path", _model_pairs(opcoverage_or_skip),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_opcoverage_model_bounds_contain_sampled_values(model_path, prop_path, method):
-    # A fifth of the property's box: the generators' wide transposed convolutions make CROWN on
-    # the full box take minutes, while a smaller box exercises the same rules.
-    assert _check_model(model_path, prop_path, method, shrink=0.2) == []
+    # A twentieth of the property's box: CROWN on the cGAN generators (27k unstable ReLUs behind
+    # upsampling) takes a minute in float64, while a smaller box exercises the same rules.
+    assert _check_model(model_path, prop_path, method, shrink=0.05) == []

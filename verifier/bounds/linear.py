@@ -92,7 +92,9 @@ class Conv(Rule):
         bias = 0.0
         if self.bias is not None:
             bias = coeffs.inner(self.bias.view(-1, 1, 1).expand(self.out_shape[-3:]).unsqueeze(0))
-        values = coeffs.values.reshape(batch * rows, *coeffs.values.shape[2:])
+        # Window cells outside the map hold no neuron; the transposed convolution would spread them.
+        values = coeffs.inside() * coeffs.values
+        values = values.reshape(batch * rows, *values.shape[2:])
         values = values.contiguous(memory_format=torch.channels_last)
         back = F.conv_transpose2d(values, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
         stride = (coeffs.stride[0] * self.stride[0], coeffs.stride[1] * self.stride[1])

@@ -74,6 +74,13 @@ class Patches:
         """<row, map> for every row: [B, m] (map [B or 1, *shape])."""
         return (self.values * self.windows(tensor)).sum(dim=(2, 3, 4))
 
+    def inside(self) -> Tensor:
+        """[1, m, 1, Ph, Pw]: 1 on window cells inside the map, 0 on padding."""
+        channels, height, width = self.shape[-3:]
+        ones = torch.ones(1, *self.shape[:-3], 1, height, width, dtype=self.values.dtype, device=self.values.device)
+        mask_patches = replace(self, shape=(*self.shape[:-3], 1, height, width))
+        return mask_patches.windows(ones)
+
     @property
     def worth_keeping(self) -> bool:
         """Windows pay off while they cover well under the whole map (gathering them costs)."""
