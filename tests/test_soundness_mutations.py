@@ -45,20 +45,20 @@ def conv_backward_without_bias(self, coeffs, x=None):
     return Backward(step.inputs, 0.0)
 
 
-def relu_relax_flat_upper(self, x):
-    r = ORIGINAL[activation.ReLU, "relax"](self, x)
+def relu_relax_flat_upper(self, lower, upper, alpha=None):
+    r = ORIGINAL[activation.ReLU, "relax"](self, lower, upper, alpha)
     return LinearRelaxation(r.lower_slope, r.lower_intercept, r.upper_slope, torch.zeros_like(r.upper_intercept))
 
 
-def s_shaped_swapped(self, x):
-    r = ORIGINAL[activation.SShaped, "relax"](self, x)
+def s_shaped_swapped(self, lower, upper, alpha=None):
+    r = ORIGINAL[activation.SShaped, "relax"](self, lower, upper, alpha)
     return LinearRelaxation(r.upper_slope, r.upper_intercept, r.lower_slope, r.lower_intercept)
 
 
-def smooth_endpoints_only(self, x):
+def smooth_endpoints_only(self, lower, upper, alpha=None):
     self.critical_points = lambda slope, lower, upper: []
     try:
-        return ORIGINAL[smooth.Smooth, "relax"](self, x)
+        return ORIGINAL[smooth.Smooth, "relax"](self, lower, upper, alpha)
     finally:
         del self.critical_points
 

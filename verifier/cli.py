@@ -53,7 +53,7 @@ def _bounds_parser() -> argparse.ArgumentParser:
                                      "over each input box of a property.")
     parser.add_argument("model")
     parser.add_argument("property")
-    parser.add_argument("--method", choices=("ibp", "crown"), default="crown")
+    parser.add_argument("--method", choices=("ibp", "crown", "alpha-crown"), default="crown")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("-v", "--verbose", action="store_true")

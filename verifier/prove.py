@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_bounds, interval_concretize
 from verifier.bounds.network import Network
+from verifier.bounds.optimize import AlphaSettings, optimize_bounds
 from verifier.spec import Spec
 
 
@@ -33,18 +35,30 @@ class Proof:
         return bool(self.proved.all())
 
 
-def spec_bound(network: Network, spec: Spec, method: str) -> LinearBound:
-    """Lower bounds [B, m] of the rows `C y` over each case's box."""
+METHODS = ("ibp", "crown", "alpha-crown")
+
+
+def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
+               time_left: Callable[[], float] | None = None) -> LinearBound:
+    """Lower bounds [B, m] of the rows `C y` over each case's box.
+
+    alpha-CROWN stops early once every case is proved, and at `time_left() <= 0`.
+    """
     coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
     if method == "ibp":
         bounds = interval_bounds(network, spec.box)
         return interval_concretize(coeffs, bounds[network.output])
+    pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
         bounds = crown_bounds(network, spec.box)
-        candidates = [backward_bound(network, network.output, coeffs, bounds),
-                      interval_concretize(coeffs, bounds[network.output]),
-                      interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])]
-        return tightest(candidates)
+        return tightest([backward_bound(network, network.output, coeffs, bounds),
+                         interval_concretize(coeffs, bounds[network.output]), pure_ibp])
+    if method == "alpha-crown":
+        def done(bound: LinearBound) -> bool:
+            return bool(spec.proved_cases(spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)).all())
+
+        result = optimize_bounds(network, spec.box, coeffs, alpha or AlphaSettings(), time_left, done)
+        return tightest([result.bound, interval_concretize(coeffs, result.intermediate[network.output]), pure_ibp])
     raise ValueError(f"unknown bound method '{method}'")
 
 
@@ -58,11 +72,12 @@ def tightest(bounds: list[LinearBound]) -> LinearBound:
     return best
 
 
-def prove(network: Network, spec: Spec, method: str) -> Proof:
+def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
+          time_left: Callable[[], float] | None = None) -> Proof:
     """Bound the property with `method`; re-check close rows in float64."""
     start = time.perf_counter()
     with torch.no_grad():
-        bound = spec_bound(network, spec, method)
+        bound = spec_bound(network, spec, method, alpha, time_left)
     refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
     proved = spec.proved_cases(refuted)
     lower = bound.lower.double().cpu().numpy()
@@ -75,7 +90,7 @@ def prove(network: Network, spec: Spec, method: str) -> Proof:
             wide = copy.deepcopy(network).double()
             wide_spec = spec.to(torch.float64)
             with torch.no_grad():
-                wide_bound = spec_bound(wide, wide_spec, method)
+                wide_bound = spec_bound(wide, wide_spec, method, alpha, time_left)
             refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
             proved = spec.proved_cases(refuted)
     return Proof(method, proved, lower, time.perf_counter() - start, rechecked)

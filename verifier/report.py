@@ -9,6 +9,7 @@ import torch
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
 from verifier.bounds.network import Network
+from verifier.bounds.optimize import AlphaSettings, optimize_bounds
 from verifier.graph import build_network
 from verifier.load import load_model
 from verifier.spec import Spec
@@ -39,20 +40,31 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
     return {"method": method, "seconds": seconds, "cases": cases}
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
+
+
 def raw_output_bounds(network: Network, box: Interval, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape]."""
     cases = box.lower.shape[0]
     if method == "ibp":
         out = interval_bounds(network, box)[network.output]
         return out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)
-    bounds = crown_bounds(network, box)
-    # CROWN is not monotone in its intermediate bounds: keep the final IBP interval where tighter
-    out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
-    count = out.lower[0].numel()
+    count = _numel(network.output_shape)
     eye = torch.eye(count, dtype=network.dtype, device=network.device)
     coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(cases, -1, -1)
     coeffs = coeffs.reshape(cases, 2 * count, *network.output_shape)
-    bound = backward_bound(network, network.output, coeffs, bounds).lower
+    if method == "alpha-crown":  # each output's lower and upper bound is its own row
+        result = optimize_bounds(network, box, coeffs, AlphaSettings())
+        bounds, bound = result.intermediate, result.bound.lower
+    else:
+        bounds = crown_bounds(network, box)
+        bound = backward_bound(network, network.output, coeffs, bounds).lower
+    # CROWN is not monotone in its intermediate bounds: keep the final IBP interval where tighter
+    out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
     lower = torch.maximum(bound[:, :count], out.lower.reshape(cases, -1))
     upper = torch.minimum(-bound[:, count:], out.upper.reshape(cases, -1))
     return lower, upper

@@ -8,27 +8,36 @@ from pathlib import Path
 import yaml
 
 from verifier.attack import AttackSettings
+from verifier.bounds.optimize import AlphaSettings
 from verifier.errors import UserError
+from verifier.prove import METHODS as BOUND_METHODS
 
 FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
-BOUND_METHODS = ("ibp", "crown")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything that may differ between benchmark families."""
 
-    bound_method: str = "crown"
+    bound_method: str = "alpha-crown"
     attack_random_samples: int = 256
     attack_restarts: int = 8
     attack_steps: int = 100
     attack_rounds: int = 4
     attack_step_fraction: float = 0.25
     attack_time_share: float = 0.3
+    alpha_iterations: int = 20
+    alpha_learning_rate: float = 0.1
+    alpha_decay: float = 0.98
+    alpha_intermediate: bool = True
 
     def attack(self) -> AttackSettings:
         return AttackSettings(self.attack_random_samples, self.attack_restarts, self.attack_steps,
                               self.attack_rounds, self.attack_step_fraction)
+
+    def alpha(self) -> AlphaSettings:
+        return AlphaSettings(self.alpha_iterations, self.alpha_learning_rate, self.alpha_decay,
+                             self.alpha_intermediate)
 
 
 def load_settings(family: str | None, path: Path = FAMILIES_FILE) -> Settings:

@@ -29,19 +29,30 @@ class ReLU(Elementwise):
     def relevant(self, bounds: Interval) -> Tensor:
         return (bounds.lower < 0) & (bounds.upper > 0)
 
-    def relax(self, x: Interval) -> LinearRelaxation:
-        lower, upper = x.lower, x.upper
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
         active, inactive = lower >= 0, upper <= 0
         unstable = ~(active | inactive)
         chord = upper / (upper - lower).clamp(min=torch.finfo(lower.dtype).tiny)
         upper_slope = torch.where(active, 1.0, torch.where(inactive, 0.0, chord))
         upper_intercept = torch.where(unstable, -lower * upper_slope, 0.0)
-        lower_slope = torch.where(active | (unstable & (upper >= -lower)), 1.0, 0.0).to(lower.dtype)
-        return LinearRelaxation(lower_slope, torch.zeros_like(lower), upper_slope, upper_intercept)
+        # the lower line through the origin is sound for any slope in [0, 1]
+        free = alpha[0].clamp(0, 1) if alpha is not None else (upper >= -lower).to(lower.dtype)
+        lower_slope = torch.where(active, 1.0, torch.where(unstable, free, 0.0))
+        return LinearRelaxation(lower_slope, torch.zeros_like(lower_slope), upper_slope, upper_intercept)
+
+    def alpha_init(self, lower: Tensor, upper: Tensor) -> list[Tensor]:
+        return [(upper >= -lower).to(lower.dtype)]
+
+    def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
+        return [alpha[0].clamp(0, 1)]
 
 
 class SShaped(Elementwise):
-    """An increasing function, convex below 0 and concave above (sigmoid, tanh)."""
+    """An increasing function, convex below 0 and concave above (sigmoid, tanh).
+
+    Its lines' slopes are the free parameters: the intercepts are always the exact extremum of
+    f(x) - a x on [l, u], so any slope gives sound lines.
+    """
 
     def f(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -75,6 +86,7 @@ class SShaped(Elementwise):
         return high
 
     def slopes(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """The CROWN rule's slopes (lower line, upper line)."""
         width = upper - lower
         degenerate = width <= 1e-12 * (1 + upper.abs())
         middle = (lower + upper) / 2
@@ -93,18 +105,30 @@ class SShaped(Elementwise):
         lower_slope = torch.where(lower >= 0, chord, torch.where(upper <= 0, tangent_mid, lower_mixed))
         return (torch.where(degenerate, tangent_mid, lower_slope), torch.where(degenerate, tangent_mid, upper_slope))
 
-    def relax(self, x: Interval) -> LinearRelaxation:
-        finite = torch.isfinite(x.lower) & torch.isfinite(x.upper)
-        lower = torch.where(finite, x.lower, 0.0)
-        upper = torch.where(finite, x.upper, 0.0)
-        lower_slope, upper_slope = self.slopes(lower, upper)
-        low, _ = self.intercepts(lower_slope, lower, upper)
-        _, high = self.intercepts(upper_slope, lower, upper)
-        zero = torch.zeros_like(lower)
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
+        finite = torch.isfinite(lower) & torch.isfinite(upper)
+        low_end = torch.where(finite, lower, 0.0)
+        high_end = torch.where(finite, upper, 0.0)
+        lower_slope, upper_slope = alpha if alpha is not None else self.slopes(low_end, high_end)
+        low, _ = self.intercepts(lower_slope, low_end, high_end)
+        _, high = self.intercepts(upper_slope, low_end, high_end)
+        zero = torch.zeros_like(low)
         return LinearRelaxation(
-            torch.where(finite, lower_slope, zero), torch.where(finite, low, self.f(x.lower)),
-            torch.where(finite, upper_slope, zero), torch.where(finite, high, self.f(x.upper)),
+            torch.where(finite, lower_slope, zero), torch.where(finite, low, self.f(lower)),
+            torch.where(finite, upper_slope, zero), torch.where(finite, high, self.f(upper)),
         )
+
+    def alpha_init(self, lower: Tensor, upper: Tensor) -> list[Tensor]:
+        finite = torch.isfinite(lower) & torch.isfinite(upper)
+        return list(self.slopes(torch.where(finite, lower, 0.0), torch.where(finite, upper, 0.0)))
+
+    def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
+        # slopes beyond f' on [l, u] only loosen the lines: keep them between f'(l), f'(u) and the peak
+        finite = torch.isfinite(lower) & torch.isfinite(upper)
+        low_end, high_end = torch.where(finite, lower, 0.0), torch.where(finite, upper, 0.0)
+        least = torch.minimum(self.derivative(low_end), self.derivative(high_end))
+        most = self.derivative(torch.clamp(torch.zeros_like(low_end), low_end, high_end))
+        return [torch.maximum(torch.minimum(a, most), least) for a in alpha]
 
     def intercepts(self, slope: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         point = self.critical_point(slope)
@@ -120,9 +144,13 @@ class Sigmoid(SShaped):
         return s * (1 - s)
 
     def critical_point(self, slope: Tensor) -> Tensor:
-        root = torch.sqrt(1 - 4 * slope)  # NaN when slope > 1/4: no critical point
-        s = (1 + root) / 2
-        return torch.where(slope > 0, torch.log(s) - torch.log1p(-s), torch.nan)
+        # no critical point unless 0 < slope < 1/4; safe inputs keep gradients finite (alpha-CROWN)
+        # s (1 - s) = a with s = (1 + r) / 2, r = sqrt(1 - 4a); logit(s) = 2 log(1 + r) - log(4a),
+        # which stays finite (with finite gradient) for tiny a, where s rounds to 1.
+        valid = (slope > 0) & (slope < 0.25)
+        safe = torch.where(valid, slope, 0.125).clamp(min=torch.finfo(slope.dtype).tiny * 1e8)
+        root = torch.sqrt(1 - 4 * safe)
+        return torch.where(valid, 2 * torch.log1p(root) - torch.log(4 * safe), torch.nan)
 
 
 class Tanh(SShaped):
@@ -133,7 +161,10 @@ class Tanh(SShaped):
         return 1 - torch.tanh(x) ** 2
 
     def critical_point(self, slope: Tensor) -> Tensor:
-        return torch.where(slope > 0, torch.atanh(torch.sqrt(1 - slope)), torch.nan)
+        # 1 - t^2 = a with t = sqrt(1 - a); atanh(t) = log(1 + t) - log(a) / 2 stays finite for tiny a
+        valid = (slope > 0) & (slope < 1)
+        safe = torch.where(valid, slope, 0.5).clamp(min=torch.finfo(slope.dtype).tiny * 1e8)
+        return torch.where(valid, torch.log1p(torch.sqrt(1 - safe)) - torch.log(safe) / 2, torch.nan)
 
 
 class Sign(Elementwise):
@@ -145,9 +176,9 @@ class Sign(Elementwise):
     def ibp(self, x: Interval) -> Interval:
         return Interval(torch.sign(x.lower), torch.sign(x.upper))
 
-    def relax(self, x: Interval) -> LinearRelaxation:
-        zero = torch.zeros_like(x.lower)
-        return LinearRelaxation(zero, torch.sign(x.lower), zero, torch.sign(x.upper))
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
+        zero = torch.zeros_like(lower)
+        return LinearRelaxation(zero, torch.sign(lower), zero, torch.sign(upper))
 
 
 @register(nn.ReLU, "Relu")

@@ -17,6 +17,7 @@ from torch import Tensor
 from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches, combine, densify, identity_patches
+from verifier.bounds.relaxation import AlphaStore
 
 # Largest coefficient tensor (elements) one backward sweep may hold; larger work is chunked.
 COEFF_BUDGET = 1 << 25
@@ -81,11 +82,12 @@ def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBou
 
 
 def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
-                   bounds: list[Interval | None]) -> LinearBound:
+                   bounds: list[Interval | None], alphas: AlphaStore | None = None, key: object = None) -> LinearBound:
     """Lower bound of <coeffs, z_start> over the input box bounds[0]; coeffs [B, m, *shape(start)].
 
     `bounds` must hold intervals for every node whose rule needs them; nodes without a linear
-    rule are concretized with their interval (sound, looser).
+    rule are concretized with their interval (sound, looser). With `alphas` (a dict the
+    optimiser owns), rules with free relaxation parameters read them from slot (key, node).
     """
     pending: dict[int, Tensor | Patches] = {start: coeffs}
     lead = coeffs.values.shape[:2] if isinstance(coeffs, Patches) else coeffs.shape[:2]
@@ -108,7 +110,10 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         inputs = [bounds[i] for i in node.inputs] if rule.needs_bounds else [None] * len(node.inputs)
         if isinstance(node_coeffs, Patches) and not rule.accepts_patches:
             node_coeffs = node_coeffs.to_dense()
-        step = rule.backward(node_coeffs, *inputs)
+        if alphas is not None and getattr(rule, "has_alpha", False):
+            step = rule.backward(node_coeffs, *inputs, alpha=alphas.slot((key, index)))
+        else:
+            step = rule.backward(node_coeffs, *inputs)
         if not isinstance(step.bias, float):
             total = LinearBound(total.lower + step.bias, total.magnitude + step.bias.abs())
         for source, source_coeffs in zip(node.inputs, step.inputs):
@@ -174,31 +179,46 @@ def relevant_neurons(network: Network, index: int, bounds: Interval) -> Tensor |
     return result
 
 
-def crown_bounds(network: Network, box: Interval) -> list[Interval | None]:
+def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = None,
+                 reference: list[Interval | None] | None = None) -> list[Interval | None]:
     """Intervals for every node: IBP from the bounds so far, and CROWN on the neurons that a
-    relaxation needs and IBP leaves unstable (as the published algorithm's sparse mode does)."""
+    relaxation needs and IBP leaves unstable (as the published algorithm's sparse mode does).
+
+    For alpha-CROWN, `alphas` holds the free relaxation parameters of every sweep (the refined
+    neurons are fixed at the first call) and `reference` the best intervals found so far, which
+    tighten the new ones (their gradient still flows through the new ones).
+    """
     needed = nodes_to_refine(network)
     bounds: list[Interval | None] = [box]
     for index, node in enumerate(network.nodes[1:], start=1):
         rule = network.rules[node.rule]
         current = _sanitize(rule.ibp(*(bounds[i] for i in node.inputs)))
         if index in needed:
-            current = _refine(network, index, current, bounds)
+            current = _refine(network, index, current, bounds, alphas)
+        if reference is not None and reference[index] is not None:
+            best = reference[index]
+            current = Interval(current.lower + (torch.maximum(best.lower, current.lower) - current.lower).detach(),
+                               current.upper + (torch.minimum(best.upper, current.upper) - current.upper).detach())
         bounds.append(current)
     return bounds
 
 
-def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None]) -> Interval:
+def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
+            alphas: AlphaStore | None = None) -> Interval:
     """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
     batch = current.lower.shape[0]
-    relevant = relevant_neurons(network, index, current)
-    if relevant is None:
-        return current
-    positions = relevant.reshape(batch, -1).any(0).nonzero().flatten()
+    if alphas is not None and index in alphas.positions:
+        positions = alphas.positions[index]
+    else:
+        relevant = relevant_neurons(network, index, current)
+        positions = (relevant.reshape(batch, -1).any(0).nonzero().flatten() if relevant is not None
+                     else torch.zeros(0, dtype=torch.long, device=current.lower.device))
+        if alphas is not None:
+            alphas.positions[index] = positions
     if positions.numel() == 0:
         return current
     shape = network.nodes[index].shape
-    numel = relevant[0].numel()
+    numel = current.lower[0].numel()
     widest = max(_numel(network.nodes[i].shape) for i in network.ancestors(index))
     chunk = max(1, COEFF_BUDGET // (2 * batch * max(widest, numel)))
     lower = current.lower.reshape(batch, -1).clone()
@@ -216,7 +236,7 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
             coeffs[:, span, part] = 1.0
             coeffs[:, rows + span, part] = -1.0
             coeffs = coeffs.reshape(batch, 2 * rows, *shape)
-        bound = backward_bound(network, index, coeffs, bounds)
+        bound = backward_bound(network, index, coeffs, bounds, alphas, (index, begin))
         # the sweep's own rounding, sized by the terms it summed, keeps the bounds sound
         error = rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
         safe = torch.where(torch.isinf(bound.lower), bound.lower, bound.lower - error)

@@ -45,14 +45,18 @@ def relaxed_backward(coeffs: Tensor, relaxation: LinearRelaxation) -> Backward:
 
 
 def _relaxed_patches(coeffs: Patches, relaxation: LinearRelaxation) -> Backward:
-    """The same step on window coefficients (relaxations shared by all rows)."""
+    """The same step on window coefficients: relaxations are maps [B, *shape] shared by all rows
+    (gathered per window here) or already per-row windows shaped like the coefficients."""
     values = coeffs.values
-    if relaxation.lower_slope.dim() != len(coeffs.shape) + 1:
-        return relaxed_backward(coeffs.to_dense(), relaxation)  # per-row relaxations: go dense
+    if relaxation.lower_slope.shape == values.shape:
+        parts = (relaxation.lower_slope, relaxation.upper_slope - relaxation.lower_slope,
+                 relaxation.upper_intercept - relaxation.lower_intercept, relaxation.lower_intercept)
+    else:
+        parts = coeffs.windows(relaxation.lower_slope, relaxation.upper_slope - relaxation.lower_slope,
+                               relaxation.upper_intercept - relaxation.lower_intercept,
+                               relaxation.lower_intercept)
+    lower_slope, slope_gap, intercept_gap, lower_intercept = parts
     negative = values.clamp(max=0)
-    lower_slope, slope_gap, intercept_gap, lower_intercept = coeffs.windows(
-        relaxation.lower_slope, relaxation.upper_slope - relaxation.lower_slope,
-        relaxation.upper_intercept - relaxation.lower_intercept, relaxation.lower_intercept)
     new = torch.addcmul(values * lower_slope, negative, slope_gap)
     bias = (negative * intercept_gap + values * lower_intercept).sum(dim=(2, 3, 4))
     return Backward([coeffs.with_values(new)], bias)
@@ -70,22 +74,97 @@ def _inner(coeffs: Tensor, values: Tensor) -> Tensor:
     return torch.bmm(flat, values.reshape(values.shape[0], -1, 1)).squeeze(-1)
 
 
+class AlphaStore:
+    """The free relaxation parameters of every (sweep, relaxed node), owned by the optimiser.
+
+    Parameters are shaped like the sweep's coefficients at the node (dense rows [B, m, *shape]
+    or windows [B, m, C, Ph, Pw]) and made on first use; `positions` fixes which neurons each
+    intermediate sweep refines, so that the shapes stay the same across iterations.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[tuple, list[Tensor]] = {}
+        self.projections: dict[tuple, object] = {}
+        self.positions: dict[int, Tensor] = {}
+
+    def slot(self, key: tuple) -> AlphaSlot:
+        return AlphaSlot(self, key)
+
+    def parameters(self) -> list[Tensor]:
+        return [p for group in self.params.values() for p in group]
+
+    def project(self) -> None:
+        """Move every parameter back into its valid range (after an optimiser step)."""
+        with torch.no_grad():
+            for key, project in self.projections.items():
+                for param, valid in zip(self.params[key], project(self.params[key])):
+                    param.copy_(valid)
+
+
+class AlphaSlot:
+    """The parameters of one relaxed node in one sweep: what a rule's backward step reads."""
+
+    def __init__(self, store: AlphaStore, key: tuple) -> None:
+        self.store, self.key = store, key
+
+    def values(self, init, project) -> list[Tensor]:
+        """The parameters (made by `init()` on first use); `project(params)` maps them into their
+        valid range, and is kept for the optimiser to apply after each step."""
+        if self.key not in self.store.params:
+            self.store.params[self.key] = [p.detach().clone().requires_grad_(True) for p in init()]
+        self.store.projections[self.key] = project
+        return self.store.params[self.key]
+
+
 class Elementwise(Rule):
-    """An element-wise operator with a two-line relaxation; subclasses implement `relax`."""
+    """An element-wise operator relaxed by two lines, computed element by element from (l, u).
+
+    Subclasses implement `relax(lower, upper, alpha)`; those with free parameters (alpha-CROWN)
+    also `alpha_init` and `alpha_project`. Any parameter value must give sound lines.
+    """
 
     needs_bounds = True
     accepts_patches = True
 
-    def relax(self, x: Interval) -> LinearRelaxation:
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
+        """Lines on [lower, upper], element by element (any broadcastable shapes)."""
         raise NotImplementedError
 
-    def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
+    def alpha_init(self, lower: Tensor, upper: Tensor) -> list[Tensor] | None:
+        """Starting values of the free parameters (the rule's own choice), or None if it has none."""
+        return None
+
+    def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
+        """The parameters moved back into their valid range."""
+        return alpha
+
+    @property
+    def has_alpha(self) -> bool:
+        return type(self).alpha_init is not Elementwise.alpha_init
+
+    def backward(self, coeffs: Tensor | Patches, x: Interval | None = None, alpha: AlphaSlot | None = None) -> Backward:
+        if alpha is not None and self.has_alpha:
+            return self._backward_with_alpha(coeffs, x, alpha)
         # The same input bounds are crossed by many backward sweeps: relax them once.
         cached = self.__dict__.get("_relaxed")
         if cached is None or cached[0] is not x:
-            cached = (x, self.relax(x))
+            cached = (x, self.relax(x.lower, x.upper))
             self.__dict__["_relaxed"] = cached
         return relaxed_backward(coeffs, cached[1])
+
+    def _backward_with_alpha(self, coeffs: Tensor | Patches, x: Interval, alpha: AlphaSlot) -> Backward:
+        if isinstance(coeffs, Patches):
+            coeffs = coeffs.with_values(coeffs.values * coeffs.inside())  # padding cells carry nothing
+            lower, upper = coeffs.windows(x.lower, x.upper)
+            shape = coeffs.values.shape
+        else:
+            lower, upper = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
+            shape = coeffs.shape
+        lower, upper = lower.expand(shape), upper.expand(shape)
+        fixed_lower, fixed_upper = lower.detach(), upper.detach()
+        params = alpha.values(lambda: self.alpha_init(fixed_lower, fixed_upper),
+                              lambda p: self.alpha_project(p, fixed_lower, fixed_upper))
+        return relaxed_backward(coeffs, self.relax(lower, upper, params))
 
 
 def extremum_intercepts(

@@ -106,7 +106,7 @@ class Select(Rule):
             # zero coefficients on filled cells must contribute 0 even when the fill is -inf
             # (max pooling pads with -inf)
             filled = ~self.keep & (flat != 0)
-            bias = row_sum(torch.where(filled, flat * self.fill.to(flat.dtype), 0.0))
+            bias = row_sum(flat * torch.where(filled, self.fill.to(flat.dtype), 0.0))
             flat = flat * self.keep
         numel = 1
         for size in self.in_shape:

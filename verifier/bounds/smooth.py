@@ -44,22 +44,22 @@ class Smooth(Elementwise):
     def forward(self, x: Tensor) -> Tensor:
         return self.f(x)
 
-    def _safe(self, x: Interval) -> tuple[Tensor, Tensor, Tensor]:
-        ok = self.in_domain(x.lower, x.upper) & torch.isfinite(x.lower) & torch.isfinite(x.upper)
-        default = self.default_point(x.lower)
-        return ok, torch.where(ok, x.lower, default), torch.where(ok, x.upper, default)
+    def _safe(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ok = self.in_domain(lower, upper) & torch.isfinite(lower) & torch.isfinite(upper)
+        default = self.default_point(lower)
+        return ok, torch.where(ok, lower, default), torch.where(ok, upper, default)
 
     def default_point(self, like: Tensor) -> Tensor:
         return torch.ones_like(like)
 
     def ibp(self, x: Interval) -> Interval:
-        ok, lower, upper = self._safe(x)
+        ok, lower, upper = self._safe(x.lower, x.upper)
         zero = torch.zeros_like(lower)
         low, high = extremum_intercepts(self.f, zero, lower, upper, self.critical_points(zero, lower, upper))
         return Interval(torch.where(ok, low, -torch.inf), torch.where(ok, high, torch.inf))
 
-    def relax(self, x: Interval) -> LinearRelaxation:
-        ok, lower, upper = self._safe(x)
+    def slopes(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """The rule's slopes (lower line, upper line): tangent or chord by curvature."""
         width = upper - lower
         degenerate = width <= 1e-12 * (1 + upper.abs())
         middle = (lower + upper) / 2
@@ -67,8 +67,11 @@ class Smooth(Elementwise):
         chord = torch.where(degenerate, self.derivative(middle), chord)
         tangent = self.derivative(middle)
         bend = self.curvature(lower, upper)
-        lower_slope = torch.where(bend == CONVEX, tangent, chord)
-        upper_slope = torch.where(bend == CONCAVE, tangent, chord)
+        return torch.where(bend == CONVEX, tangent, chord), torch.where(bend == CONCAVE, tangent, chord)
+
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
+        ok, lower, upper = self._safe(lower, upper)
+        lower_slope, upper_slope = alpha if alpha is not None else self.slopes(lower, upper)
         low, _ = extremum_intercepts(self.f, lower_slope, lower, upper,
                                      self.critical_points(lower_slope, lower, upper))
         _, high = extremum_intercepts(self.f, upper_slope, lower, upper,
@@ -76,6 +79,17 @@ class Smooth(Elementwise):
         zero = torch.zeros_like(lower)
         return LinearRelaxation(torch.where(ok, lower_slope, zero), torch.where(ok, low, -torch.inf),
                                 torch.where(ok, upper_slope, zero), torch.where(ok, high, torch.inf))
+
+    def alpha_init(self, lower: Tensor, upper: Tensor) -> list[Tensor]:
+        _, lower, upper = self._safe(lower, upper)
+        return list(self.slopes(lower, upper))
+
+    def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
+        # any finite slope gives sound lines (exact intercepts); keep them between f' at the ends
+        _, lower, upper = self._safe(lower, upper)
+        ends = torch.stack([self.derivative(lower), self.derivative(upper)])
+        least, most = ends.amin(0), ends.amax(0)
+        return [torch.maximum(torch.minimum(a, most), least) for a in alpha]
 
 
 class Exp(Smooth):
@@ -86,7 +100,8 @@ class Exp(Smooth):
         return torch.exp(x)
 
     def critical_points(self, slope, lower, upper):
-        return [torch.where(slope > 0, torch.log(slope.clamp(min=1e-300)), torch.nan)]
+        valid = slope > 0
+        return [torch.where(valid, torch.log(torch.where(valid, slope, 1.0)), torch.nan)]
 
     def curvature(self, lower, upper):
         return torch.full_like(lower, CONVEX)
@@ -100,7 +115,8 @@ class Log(Smooth):
         return 1 / x
 
     def critical_points(self, slope, lower, upper):
-        return [torch.where(slope > 0, 1 / slope, torch.nan)]
+        valid = slope > 0
+        return [torch.where(valid, 1 / torch.where(valid, slope, 1.0), torch.nan)]
 
     def curvature(self, lower, upper):
         return torch.full_like(lower, CONCAVE)
@@ -117,7 +133,9 @@ class Sqrt(Smooth):
         return 0.5 / torch.sqrt(x)
 
     def critical_points(self, slope, lower, upper):
-        return [torch.where(slope > 0, 0.25 / (slope * slope), torch.nan)]
+        valid = slope > 0
+        safe = torch.where(valid, slope, 1.0)
+        return [torch.where(valid, 0.25 / (safe * safe), torch.nan)]
 
     def curvature(self, lower, upper):
         return torch.full_like(lower, CONCAVE)
@@ -139,7 +157,8 @@ class Reciprocal(Smooth):
         return -1 / (x * x)
 
     def critical_points(self, slope, lower, upper):
-        root = torch.where(slope < 0, torch.sqrt(-1 / slope.clamp(max=-1e-300)), torch.nan)
+        valid = slope < 0
+        root = torch.where(valid, torch.sqrt(-1 / torch.where(valid, slope, -1.0)), torch.nan)
         return [root, -root]
 
     def curvature(self, lower, upper):
@@ -166,12 +185,16 @@ class Power(Smooth):
     def critical_points(self, slope, lower, upper):
         p = self.exponent
         ratio = slope / p
+        nonzero = ratio != 0
+        safe = torch.where(nonzero, ratio, 1.0)  # pow of 0 has an infinite derivative
         if self.integer and int(p) % 2 == 0:  # p - 1 odd: one real root of x^(p-1) = ratio
-            return [torch.sign(ratio) * ratio.abs().pow(1 / (p - 1))]
+            return [torch.where(nonzero, torch.sign(safe) * safe.abs().pow(1 / (p - 1)), 0.0)]
+        positive = ratio > 0
+        root = torch.where(positive, torch.where(positive, ratio, 1.0).pow(1 / (p - 1)), torch.nan)
         if self.integer:  # p - 1 even: roots +-ratio^(1/(p-1)) when ratio >= 0
-            root = torch.where(ratio >= 0, ratio.clamp(min=0).pow(1 / (p - 1)), torch.nan)
+            root = torch.where(nonzero, root, 0.0)
             return [root, -root]
-        return [torch.where(ratio > 0, ratio.clamp(min=1e-300).pow(1 / (p - 1)), torch.nan)]
+        return [root]
 
     def curvature(self, lower, upper):
         p = self.exponent
@@ -204,8 +227,8 @@ class Periodic(Smooth):
 
     def critical_points(self, slope, lower, upper):
         # cos(x + phase) = slope  ->  x = +-acos(slope) - phase + 2 pi k
-        base = torch.acos(slope.clamp(-1, 1))
-        base = torch.where(slope.abs() <= 1, base, torch.nan)
+        valid = slope.abs() < 1  # acos has infinite derivatives at +-1: keep its input inside
+        base = torch.where(valid, torch.acos(torch.where(valid, slope, 0.0)), torch.where(slope >= 1, 0.0, torch.pi))
         k0 = torch.floor((lower + self.phase) / (2 * math.pi))
         points = []
         for k in (-1, 0, 1, 2):
@@ -216,15 +239,18 @@ class Periodic(Smooth):
     def curvature(self, lower, upper):
         return torch.full_like(lower, MIXED)
 
+    def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
+        return [a.clamp(-1, 1) for a in alpha]  # f' = cos lies in [-1, 1]
+
     def ibp(self, x: Interval) -> Interval:
         wide = (x.upper - x.lower) >= 2 * math.pi
         bounds = super().ibp(Interval(torch.where(wide, 0.0, x.lower), torch.where(wide, 0.0, x.upper)))
         return Interval(torch.where(wide, -1.0, bounds.lower), torch.where(wide, 1.0, bounds.upper))
 
-    def relax(self, x: Interval) -> LinearRelaxation:
-        wide = (x.upper - x.lower) >= 2 * math.pi
-        narrow = super().relax(Interval(torch.where(wide, 0.0, x.lower), torch.where(wide, 0.0, x.upper)))
-        zero = torch.zeros_like(x.lower)
+    def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
+        wide = (upper - lower) >= 2 * math.pi
+        narrow = super().relax(torch.where(wide, 0.0, lower), torch.where(wide, 0.0, upper), alpha)
+        zero = torch.zeros_like(lower)
         return LinearRelaxation(
             torch.where(wide, zero, narrow.lower_slope), torch.where(wide, -1.0, narrow.lower_intercept),
             torch.where(wide, zero, narrow.upper_slope), torch.where(wide, 1.0, narrow.upper_intercept),

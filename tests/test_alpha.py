@@ -1,0 +1,161 @@
+"""alpha-CROWN: sound at random parameter values and at the optimum, never looser than CROWN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import soundness
+from tests.conftest import cached_model, opcoverage_or_skip, shared_or_skip
+from tests.test_load import _first_properties
+from tests.test_soundness_random import network_for
+from verifier.bounds.core import Interval
+from verifier.bounds.engine import backward_bound, crown_bounds
+from verifier.bounds.optimize import AlphaSettings, optimize_bounds
+from verifier.bounds.relaxation import AlphaStore
+from verifier.errors import ModelError
+from verifier.graph import build_network
+from verifier.report import raw_output_bounds
+from verifier.spec import Spec
+from vnnlib import parse_file
+
+
+def _randomize(alphas: AlphaStore, generator: torch.Generator) -> None:
+    """Every parameter to a random value, then projected into its valid range."""
+    with torch.no_grad():
+        for params in alphas.params.values():
+            for param in params:
+                noise = torch.rand(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
+                param.copy_(param * 2 * noise + (noise - 0.5))
+    alphas.project()
+
+
+def random_alpha_bounds(network, box: Interval, generator: torch.Generator, rows: int = 8, nodes: int | None = None):
+    """Node intervals from alpha sweeps at random parameters; each node (or `nodes` random ones) is
+    also bounded by its own sweep (random rows) so that the backward rules with parameters are what
+    gets checked."""
+    alphas = AlphaStore()
+    with torch.no_grad():
+        crown_bounds(network, box, alphas)  # creates the parameters
+        _randomize(alphas, generator)
+        bounds = crown_bounds(network, box, alphas)
+        checked, slacks = list(bounds), [torch.zeros(()) for _ in bounds]
+        order = torch.randperm(len(bounds) - 1, generator=generator) + 1
+        for index in order[:nodes].tolist() if nodes else range(1, len(bounds)):
+            numel = bounds[index].lower[0].numel()
+            batch = box.lower.shape[0]
+            count = min(numel, rows)
+            positions = torch.randperm(numel, generator=generator)[:count]
+            coeffs = torch.zeros(batch, 2 * count, numel, dtype=network.dtype)
+            coeffs[:, torch.arange(count), positions] = 1.0
+            coeffs[:, count + torch.arange(count), positions] = -1.0
+            coeffs = coeffs.reshape(batch, 2 * count, *network.nodes[index].shape)
+            backward_bound(network, index, coeffs, bounds, alphas, ("check", index))  # creates
+            _randomize(alphas, generator)
+            linear = backward_bound(network, index, coeffs, bounds, alphas, ("check", index))
+            lower = bounds[index].lower.reshape(batch, -1).clone()
+            upper = bounds[index].upper.reshape(batch, -1).clone()
+            lower[:, positions] = linear.lower[:, :count]
+            upper[:, positions] = -linear.lower[:, count:]
+            slack = torch.zeros_like(lower)
+            slack[:, positions] = soundness.ROUNDING[network.dtype] * linear.magnitude.reshape(batch, 2, count).amax(1)
+            shape = bounds[index].lower.shape
+            checked[index] = Interval(lower.reshape(shape), upper.reshape(shape))
+            slacks[index] = slack.reshape(shape)
+    return checked, slacks
+
+
+@pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_at_random_parameters_contain_sampled_values(family, seed):
+    network = network_for(family, seed)
+    generator = torch.Generator().manual_seed(seed)
+    box = soundness.random_box(network, generator)
+    bounds, slacks = random_alpha_bounds(network, box, generator)
+    points = soundness.sample_points(network, box, generator)
+    assert soundness.violations(network, bounds, slacks, points, 1e-9) == []
+
+
+@pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
+def test_optimized_output_bounds_are_sound_and_never_looser_than_crown(family):
+    network = network_for(family, 5)
+    generator = torch.Generator().manual_seed(5)
+    box = soundness.random_box(network, generator)
+    with torch.no_grad():
+        crown = raw_output_bounds(network, box, "crown")
+        alpha = raw_output_bounds(network, box, "alpha-crown")
+    assert torch.all(alpha[0] >= crown[0] - 1e-9) and torch.all(alpha[1] <= crown[1] + 1e-9)
+    points = soundness.sample_points(network, box, generator)
+    with torch.no_grad():
+        outputs = network(points.reshape(-1, *network.input_shape)).reshape(points.shape[0], box.lower.shape[0], -1)
+    assert torch.all(outputs >= alpha[0] - 1e-9) and torch.all(outputs <= alpha[1] + 1e-9)
+
+
+def test_optimization_improves_a_relu_network():
+    network = network_for("dense", 1)
+    generator = torch.Generator().manual_seed(1)
+    box = soundness.random_box(network, generator, radius=1.0)
+    with torch.no_grad():
+        crown = raw_output_bounds(network, box, "crown")
+        alpha = raw_output_bounds(network, box, "alpha-crown")
+    assert float((alpha[1] - alpha[0]).mean()) < float((crown[1] - crown[0]).mean())
+
+
+def _model_pairs(root_fn):
+    try:
+        return sorted(_first_properties(root_fn()).items())
+    except pytest.skip.Exception:
+        return []
+
+
+def _spec_for(model_path, prop_path, shrink: float = 1.0):
+    model = cached_model(str(model_path))
+    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
+    case = prop.cases[0]
+    try:
+        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
+    except ModelError as error:
+        pytest.skip(f"not supported: {error}")
+    spec = Spec.build(prop, network.input_shape, torch.float64)
+    center, radius = spec.box.center[:1], spec.box.radius[:1] * shrink
+    return network, spec, Interval(center - radius, center + radius)
+
+
+def _distinct(pairs):
+    """One model per architecture family where a suite repeats it (45 ACAS Xu networks)."""
+    seen, keep = set(), []
+    for model, prop in pairs:
+        family = model.name.split("_")[0] if "ACASXU" in model.name else model.name
+        if family not in seen:
+            seen.add(family)
+            keep.append((model, prop))
+    return keep
+
+
+@pytest.mark.parametrize("model_path,prop_path", _distinct(_model_pairs(shared_or_skip))
+                         + [p for p in _model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
+                         ids=lambda value: getattr(value, "name", str(value)))
+def test_models_at_random_and_optimized_parameters(model_path, prop_path):
+    # a tenth of the box and four checked nodes keep the large models (vit, ml4acopf, resnets,
+    # the 42M-parameter nn4sys indexes) to seconds in float64; the small ones are checked everywhere
+    network, spec, box = _spec_for(model_path, prop_path)
+    parameters = sum(p.numel() for p in network.parameters()) + sum(b.numel() for b in network.buffers())
+    large = parameters > 2_000_000 or len(network.nodes) > 20
+    if large:
+        box = Interval(box.center - 0.1 * box.radius, box.center + 0.1 * box.radius)
+    generator = torch.Generator().manual_seed(0)
+    bounds, slacks = random_alpha_bounds(network, box, generator, rows=2 if large else 4, nodes=4 if large else None)
+    inset = 1e-6 * (box.upper - box.lower)
+    points = soundness.sample_points(network, Interval(box.lower + inset, box.upper - inset), generator,
+                                     uniform=16, corners=8, pushed_nodes=2, steps=6)
+    assert soundness.violations(network, bounds, slacks, points, 1e-9) == []
+    coeffs = spec.matrix[:1].reshape(1, spec.matrix.shape[1], *network.output_shape)
+    with torch.no_grad():
+        iterations = 1 if parameters > 20_000_000 else 2 if large else 4
+        optimized = optimize_bounds(network, box, coeffs, AlphaSettings(iterations=iterations))
+        crown = backward_bound(network, network.output, coeffs, crown_bounds(network, box))
+        outputs = network(points.reshape(-1, *network.input_shape)).reshape(points.shape[0], -1)
+    assert torch.all(optimized.bound.lower >= crown.lower - 1e-9)
+    rows = outputs @ spec.matrix[0].T
+    slack = 1e-9 + soundness.ROUNDING[torch.float64] * optimized.bound.magnitude
+    assert torch.all(rows >= optimized.bound.lower - slack)
