@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from verifier.attack import AttackSettings
 from verifier.errors import UserError
+
+if TYPE_CHECKING:
+    from verifier.attack import AttackSettings
 
 FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
 BOUND_METHODS = ("ibp", "crown")
@@ -27,6 +30,9 @@ class Settings:
     attack_time_share: float = 0.3
 
     def attack(self) -> AttackSettings:
+        # Imported here: the batch runner reads settings without loading torch.
+        from verifier.attack import AttackSettings
+
         return AttackSettings(self.attack_random_samples, self.attack_restarts, self.attack_steps,
                               self.attack_rounds, self.attack_step_fraction)
 
