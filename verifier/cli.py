@@ -4,6 +4,8 @@
                       [--seed N] [--set KEY=VALUE ...] [-v]
     verify check MODEL PROP CE_FILE
     verify bounds MODEL PROP --method ibp|crown [--json]
+    verify suite DIR [DIR ...] [--jobs N] [--cap S] [--out DIR] [--resume] ...   (see benchmarks/suite.py)
+    verify suite-report DIR [DIR ...] [--plot FILE.png]
 
 Exit codes: 0 a verdict (the last stdout line), 1 an internal error (`error`), 2 a user error
 (one line on stderr naming the file and the problem).
@@ -20,7 +22,7 @@ import traceback
 from verifier.deadline import Deadline, process_start_time, start_watchdog
 
 VERSION = "0.1.0"
-SUBCOMMANDS = ("check", "bounds")
+SUBCOMMANDS = ("check", "bounds", "suite", "suite-report")
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -77,11 +79,20 @@ def main(argv: list[str] | None = None, start: float | None = None) -> int:
     start = time.time() if start is None else start
     if argv and argv[0] == "check":
         return _run_guarded(lambda: _check(_check_parser().parse_args(argv[1:])), verbose=False)
+    if argv and argv[0] in ("suite", "suite-report"):
+        return _suite(argv)
     if argv and argv[0] == "bounds":
         args = _bounds_parser().parse_args(argv[1:])
         return _run_guarded(lambda: _bounds(args), verbose=args.verbose)
     args = _verify_parser().parse_args(argv)
     return _run_guarded(lambda: _verify(args, start), verbose=args.verbose, results=args.results)
+
+
+def _suite(argv: list[str]) -> int:
+    # Batch runs live with the benchmark tools; they handle their own errors and exit codes.
+    from benchmarks.suite import main as suite_main
+
+    return suite_main(argv)
 
 
 def _run_guarded(action, verbose: bool, results: str | None = None) -> int:
