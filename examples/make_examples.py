@@ -1,10 +1,11 @@
 """Write the example model and properties that the README's quick start verifies.
 
-    python examples/make_examples.py      # rewrites examples/*.onnx and examples/*.vnnlib
+    python examples/make_examples.py      # rewrites examples/*.onnx, *.vnnlib and instances.csv
 
 The model is a small ReLU classifier (4 inputs, 3 classes) with fixed seeded weights, built
 directly with onnx.helper. The two properties ask whether the class predicted at a fixed input stays the top class
 around it: within radius 0.02 it does (unsat), within radius 0.5 it does not (sat).
+`instances.csv` lists both, so that the folder is a suite for `verify suite examples`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     onnx.save(model, HERE / "classifier.onnx")
     (HERE / "classifier_radius_0.02.vnnlib").write_text(robustness_property(0.02, label))
     (HERE / "classifier_radius_0.5.vnnlib").write_text(robustness_property(0.5, label))
+    (HERE / "instances.csv").write_text("".join(f"classifier.onnx,classifier_radius_{radius}.vnnlib,60\n"
+                                                for radius in ("0.02", "0.5")))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
     verify MODEL PROP [--timeout S] [--results FILE] [--family NAME] [--device cpu|cuda]
                       [--seed N] [--set KEY=VALUE ...] [-v]
     verify check MODEL PROP CE_FILE
-    verify bounds MODEL PROP --method ibp|crown [--json]
+    verify bounds MODEL PROP --method ibp|crown|alpha-crown [--json]
+    verify suite DIR [DIR ...] [--jobs N] [--cap S] [--out DIR] [--resume] ...   (see benchmarks/suite.py)
+    verify suite-report DIR [DIR ...] [--plot FILE.png]
 
 Exit codes: 0 a verdict (the last stdout line), 1 an internal error (`error`), 2 a user error
 (one line on stderr naming the file and the problem).
@@ -18,9 +20,10 @@ import time
 import traceback
 
 from verifier.deadline import Deadline, process_start_time, start_watchdog
+from verifier.settings import BOUND_METHODS
 
 VERSION = "0.1.0"
-SUBCOMMANDS = ("check", "bounds")
+SUBCOMMANDS = ("check", "bounds", "suite", "suite-report")
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,7 @@ def _bounds_parser() -> argparse.ArgumentParser:
                                      "over each input box of a property.")
     parser.add_argument("model")
     parser.add_argument("property")
-    parser.add_argument("--method", choices=("ibp", "crown", "alpha-crown"), default="crown")
+    parser.add_argument("--method", choices=BOUND_METHODS, default="crown")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -77,11 +80,20 @@ def main(argv: list[str] | None = None, start: float | None = None) -> int:
     start = time.time() if start is None else start
     if argv and argv[0] == "check":
         return _run_guarded(lambda: _check(_check_parser().parse_args(argv[1:])), verbose=False)
+    if argv and argv[0] in ("suite", "suite-report"):
+        return _suite(argv)
     if argv and argv[0] == "bounds":
         args = _bounds_parser().parse_args(argv[1:])
         return _run_guarded(lambda: _bounds(args), verbose=args.verbose)
     args = _verify_parser().parse_args(argv)
     return _run_guarded(lambda: _verify(args, start), verbose=args.verbose, results=args.results)
+
+
+def _suite(argv: list[str]) -> int:
+    # Batch runs live with the benchmark tools; they handle their own errors and exit codes.
+    from benchmarks.suite import main as suite_main
+
+    return suite_main(argv)
 
 
 def _run_guarded(action, verbose: bool, results: str | None = None) -> int:

@@ -35,9 +35,6 @@ class Proof:
         return bool(self.proved.all())
 
 
-METHODS = ("ibp", "crown", "alpha-crown")
-
-
 def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
                time_left: Callable[[], float] | None = None) -> LinearBound:
     """Lower bounds [B, m] of the rows `C y` over each case's box.

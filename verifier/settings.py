@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from verifier.attack import AttackSettings
-from verifier.bounds.optimize import AlphaSettings
 from verifier.errors import UserError
-from verifier.prove import METHODS as BOUND_METHODS
+
+if TYPE_CHECKING:
+    from verifier.attack import AttackSettings
+    from verifier.bounds.optimize import AlphaSettings
+
+# The methods of verifier.prove, named here so that the batch runner reads settings without torch.
+BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 
 FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
 
@@ -32,10 +37,15 @@ class Settings:
     alpha_intermediate: bool = True
 
     def attack(self) -> AttackSettings:
+        # Imported here: the batch runner reads settings without loading torch.
+        from verifier.attack import AttackSettings
+
         return AttackSettings(self.attack_random_samples, self.attack_restarts, self.attack_steps,
                               self.attack_rounds, self.attack_step_fraction)
 
     def alpha(self) -> AlphaSettings:
+        from verifier.bounds.optimize import AlphaSettings
+
         return AlphaSettings(self.alpha_iterations, self.alpha_learning_rate, self.alpha_decay,
                              self.alpha_intermediate)
 

@@ -15,7 +15,7 @@ import torch
 from verifier.attack import Falsifier
 from verifier.deadline import Deadline
 from verifier.graph import build_network
-from verifier.load import load_model
+from verifier.load import LoadedModel, load_model
 from verifier.prove import prove
 from verifier.settings import Settings
 from verifier.spec import Spec
@@ -40,10 +40,14 @@ def _quiet(_message: str) -> None:
 
 
 def verify_instance(model_path: str, property_path: str, settings: Settings, deadline: Deadline,
-                    device: str = "cpu", seed: int = 0, log: Log = _quiet) -> Outcome:
-    """Decide one instance; user errors (bad files, unsupported operators) raise UserError."""
+                    device: str = "cpu", seed: int = 0, log: Log = _quiet,
+                    load: Callable[[str], LoadedModel] = load_model) -> Outcome:
+    """Decide one instance; user errors (bad files, unsupported operators) raise UserError.
+
+    `load` converts the model; batch workers pass a cache so that rows sharing a model convert it once.
+    """
     prop = parse_file(property_path)
-    model = load_model(model_path)
+    model = load(model_path)
     prop.check_sizes(model.num_inputs, model.num_outputs)
     prop = prop.padded_to_outputs(model.num_outputs)
     timings = {"load": deadline.elapsed()}
