@@ -1,11 +1,14 @@
-"""Bound-engine performance on every shared model: IBP and CROWN times, memory, tightness.
+"""Bound-engine performance on every shared model: IBP, CROWN and alpha-CROWN times, memory, tightness.
 
     python -m benchmarks.perf_bounds [--repeat N] [--out FILE.md] [--only SUBSTRING] [--threads T]
+                                     [--alpha-iterations K] [--model-limit S]
 
 For each model (the first property listed for it in its suite's instances CSV, first input box)
-this prints the median time of IBP and of CROWN over N runs (bounds of every raw output), the
-peak resident memory of a fresh process that loaded the model and ran both, the mean bound gap
-(upper - lower) of each method, and the nodes whose operator has no linear rule (bounded by
+this prints the median time of IBP and of CROWN over N runs and the time of one alpha-CROWN run of
+exactly K iterations (no early stop; default 20), all bounding every raw output (alpha-CROWN
+optimises each output's lower and upper bound as its own row, intermediate bounds included); the
+peak resident memory of a fresh process that loaded the model and ran all three; the mean bound
+gap (upper - lower) of each method; and the nodes whose operator has no linear rule (bounded by
 intervals inside CROWN). Each model runs in its own process so that peak memory is its own.
 """
 
@@ -33,13 +36,14 @@ def model_property_pairs(root: Path) -> list[tuple[Path, Path]]:
     return sorted(pairs.items())
 
 
-def measure(model_path: str, property_path: str, repeat: int, threads: int) -> dict:
+def measure(model_path: str, property_path: str, repeat: int, threads: int, alpha_iterations: int) -> dict:
     """Run in a fresh process: times, memory and gaps for one model."""
     import resource
 
     import torch
 
     from verifier.bounds.core import Interval
+    from verifier.bounds.optimize import AlphaSettings
     from verifier.graph import build_network
     from verifier.load import load_model
     from verifier.report import raw_output_bounds
@@ -64,6 +68,12 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int) -> d
             times.append(time.perf_counter() - start)
         result[method] = statistics.median(times)
         result[f"{method}_gap"] = float((upper - lower).mean())
+    fixed_length = AlphaSettings(iterations=alpha_iterations, patience=alpha_iterations)
+    start = time.perf_counter()
+    lower, upper = raw_output_bounds(network, box, "alpha-crown", fixed_length)
+    result["alpha"] = time.perf_counter() - start
+    result["alpha_gap"] = float((upper - lower).mean())
+    result["alpha_intermediate"] = fixed_length.intermediate
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -72,35 +82,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alpha-iterations", type=int, default=20)
+    parser.add_argument("--model-limit", type=float, default=600.0, help="seconds allowed per model (all methods)")
     parser.add_argument("--only", default="", help="only models whose path contains this")
     parser.add_argument("--out", help="also write the table as markdown here")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PROPERTY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.repeat, args.threads)))
+        print(json.dumps(measure(args.one[0], args.one[1], args.repeat, args.threads, args.alpha_iterations)))
         return 0
     rows = []
-    header = "| model | nodes | IBP s | CROWN s | peak MB | IBP gap | CROWN gap | interval fallback |"
+    header = ("| model | nodes | IBP s | CROWN s | alpha s | peak MB | IBP gap | CROWN gap | alpha gap "
+              "| alpha intermediate | interval fallback |")
+    rule = "|---" * (header.count("|") - 1) + "|"
     print(header)
-    print("|---|---|---|---|---|---|---|---|")
+    print(rule)
     for root in (shared_root() / "benchmarks" / "vnncomp2021", shared_root() / "benchmarks" / "opcoverage"):
         for model, prop in model_property_pairs(root):
             if args.only not in str(model):
                 continue
             name = str(model.relative_to(shared_root() / "benchmarks"))
-            done = subprocess.run([sys.executable, "-m", "benchmarks.perf_bounds", "--one", str(model), str(prop),
-                                   "--repeat", str(args.repeat), "--threads", str(args.threads)],
-                                  capture_output=True, text=True)
+            try:
+                done = subprocess.run([sys.executable, "-m", "benchmarks.perf_bounds", "--one", str(model), str(prop),
+                                       "--repeat", str(args.repeat), "--threads", str(args.threads),
+                                       "--alpha-iterations", str(args.alpha_iterations)],
+                                      capture_output=True, text=True, timeout=args.model_limit)
+            except subprocess.TimeoutExpired:
+                done = subprocess.CompletedProcess([], 1, "", f"not finished within {args.model_limit:g} s")
             if done.returncode != 0:
-                line = f"| {name} | - | - | - | - | - | - | {done.stderr.strip().splitlines()[-1][:90]} |"
+                reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:90]
+                line = f"| {name} |{' - |' * 9} {reason} |"
             else:
                 r = json.loads(done.stdout.strip().splitlines()[-1])
-                line = (f"| {name} | {r['nodes']} | {r['ibp']:.4f} | {r['crown']:.4f} | {r['peak_mb']:.0f} | "
-                        f"{r['ibp_gap']:.4g} | {r['crown_gap']:.4g} | {', '.join(r['fallback']) or 'none'} |")
+                line = (f"| {name} | {r['nodes']} | {r['ibp']:.4f} | {r['crown']:.4f} | {r['alpha']:.3f} | "
+                        f"{r['peak_mb']:.0f} | {r['ibp_gap']:.4g} | {r['crown_gap']:.4g} | {r['alpha_gap']:.4g} | "
+                        f"{'yes' if r['alpha_intermediate'] else 'no'} | {', '.join(r['fallback']) or 'none'} |")
             print(line, flush=True)
             rows.append(line)
     if args.out:
-        Path(args.out).write_text("\n".join([header, "|---|---|---|---|---|---|---|---|", *rows]) + "\n")
+        Path(args.out).write_text("\n".join([header, rule, *rows]) + "\n")
     return 0
 
 

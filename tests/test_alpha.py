@@ -11,7 +11,7 @@ from tests.test_load import _first_properties
 from tests.test_soundness_random import network_for
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
-from verifier.bounds.optimize import AlphaSettings, optimize_bounds
+from verifier.bounds.optimize import Adam, AlphaSettings, optimize_bounds
 from verifier.bounds.relaxation import AlphaStore
 from verifier.errors import ModelError
 from verifier.graph import build_network
@@ -159,3 +159,20 @@ def test_models_at_random_and_optimized_parameters(model_path, prop_path):
     rows = outputs @ spec.matrix[0].T
     slack = 1e-9 + soundness.ROUNDING[torch.float64] * optimized.bound.magnitude
     assert torch.all(rows >= optimized.bound.lower - slack)
+
+
+def test_adam_matches_torch_adam_with_exponential_decay():
+    ours = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5]))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    adam = Adam([ours], learning_rate=0.1, decay=0.9)
+    reference = torch.optim.Adam([theirs], lr=0.1)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(reference, 0.9)
+    for _ in range(25):
+        (ours ** 2 * torch.tensor([1.0, 3.0, 10.0])).sum().backward()
+        adam.step()
+        reference.zero_grad()
+        (theirs ** 2 * torch.tensor([1.0, 3.0, 10.0])).sum().backward()
+        reference.step()
+        schedule.step()
+    assert ours.grad is None
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)

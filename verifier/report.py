@@ -47,8 +47,12 @@ def _numel(shape: tuple[int, ...]) -> int:
     return total
 
 
-def raw_output_bounds(network: Network, box: Interval, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape]."""
+def raw_output_bounds(network: Network, box: Interval, method: str,
+                      alpha: AlphaSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape].
+
+    `alpha` configures alpha-CROWN (default: AlphaSettings()).
+    """
     cases = box.lower.shape[0]
     if method == "ibp":
         out = interval_bounds(network, box)[network.output]
@@ -58,7 +62,7 @@ def raw_output_bounds(network: Network, box: Interval, method: str) -> tuple[tor
     coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(cases, -1, -1)
     coeffs = coeffs.reshape(cases, 2 * count, *network.output_shape)
     if method == "alpha-crown":  # each output's lower and upper bound is its own row
-        result = optimize_bounds(network, box, coeffs, AlphaSettings())
+        result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
         bounds, bound = result.intermediate, result.bound.lower
     else:
         bounds = crown_bounds(network, box)

@@ -58,7 +58,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
             fixed = crown_bounds(network, box)
     best: LinearBound | None = None
     reference: list[Interval | None] | None = None
-    optimizer = scheduler = None
+    optimizer = None
     stalled, iteration = 0, 0
     for iteration in range(1, settings.iterations + 1):
         with torch.enable_grad():
@@ -77,17 +77,48 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
             parameters = alphas.parameters()
             if not parameters:
                 break  # nothing to optimise: the bound is CROWN's
-            optimizer = torch.optim.Adam(parameters, lr=settings.learning_rate)
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, settings.decay)
+            optimizer = Adam(parameters, settings.learning_rate, settings.decay)
         with torch.enable_grad():  # callers may hold a no_grad context
             loss = -final.lower[torch.isfinite(final.lower)].sum()
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
         optimizer.step()
-        scheduler.step()
         alphas.project()
     intermediate = reference if reference is not None else (fixed or [])
     return OptimizedBound(best, intermediate, iteration, fixed is None)
+
+
+class Adam:
+    """Adam (Kingma and Ba) with its learning rate multiplied by `decay` after every step.
+
+    Written out because the first torch.optim optimiser of a process costs about a second of
+    imports, which a verifier that runs one instance per process pays every time.
+    """
+
+    def __init__(self, parameters: list[Tensor], learning_rate: float, decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.parameters, self.learning_rate, self.decay = parameters, learning_rate, decay
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.first = [torch.zeros_like(p) for p in parameters]
+        self.second = [torch.zeros_like(p) for p in parameters]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update from the gradients in `.grad`, which are then cleared."""
+        self.steps += 1
+        beta1, beta2 = self.betas
+        first_scale = 1 - beta1 ** self.steps
+        second_scale = 1 - beta2 ** self.steps
+        for parameter, first, second in zip(self.parameters, self.first, self.second):
+            if parameter.grad is None:
+                continue
+            # one NaN gradient would otherwise leave the parameter NaN for every later step
+            grad = torch.nan_to_num(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            first.mul_(beta1).add_(grad, alpha=1 - beta1)
+            second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denominator = (second / second_scale).sqrt_().add_(self.eps)
+            parameter.addcdiv_(first, denominator, value=-self.learning_rate / first_scale)
+            parameter.grad = None
+        self.learning_rate *= self.decay
 
 
 def _keep_best(best: LinearBound | None, new: LinearBound) -> LinearBound:
