@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -99,6 +101,20 @@ def test_optimization_improves_a_relu_network():
         crown = raw_output_bounds(network, box, "crown")
         alpha = raw_output_bounds(network, box, "alpha-crown")
     assert float((alpha[1] - alpha[0]).mean()) < float((crown[1] - crown[0]).mean())
+
+
+def test_optimization_stops_before_a_time_limit_it_cannot_meet():
+    network = network_for("dense", 1)
+    box = soundness.random_box(network, torch.Generator().manual_seed(1), radius=1.0)
+    count = math.prod(network.output_shape)
+    cases = box.lower.shape[0]
+    coeffs = torch.eye(count, dtype=network.dtype).expand(cases, -1, -1).reshape(cases, count, *network.output_shape)
+    settings = AlphaSettings(iterations=50, patience=50)
+    with torch.no_grad():
+        unlimited = optimize_bounds(network, box, coeffs, settings, time_left=lambda: 3600.0)
+        limited = optimize_bounds(network, box, coeffs, settings, time_left=lambda: 1e-9)
+    assert unlimited.iterations > 1
+    assert limited.iterations == 1  # the first iteration gives a bound; the next would overrun
 
 
 def _model_pairs(root_fn):
