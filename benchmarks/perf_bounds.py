@@ -43,7 +43,7 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int, alph
     import torch
 
     from verifier.bounds.core import Interval
-    from verifier.bounds.optimize import AlphaSettings
+    from verifier.bounds.optimize import AlphaSettings, intermediate_fits
     from verifier.graph import build_network
     from verifier.load import load_model
     from verifier.report import raw_output_bounds
@@ -73,7 +73,8 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int, alph
     lower, upper = raw_output_bounds(network, box, "alpha-crown", fixed_length)
     result["alpha"] = time.perf_counter() - start
     result["alpha_gap"] = float((upper - lower).mean())
-    result["alpha_intermediate"] = fixed_length.intermediate
+    with torch.no_grad():
+        result["alpha_intermediate"] = intermediate_fits(network, box, fixed_length)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 

@@ -35,6 +35,7 @@ class Settings:
     alpha_learning_rate: float = 0.1
     alpha_decay: float = 0.98
     alpha_intermediate: bool = True
+    alpha_intermediate_memory_mb: float = 3072.0
 
     def attack(self) -> AttackSettings:
         # Imported here: the batch runner reads settings without loading torch.
@@ -47,7 +48,7 @@ class Settings:
         from verifier.bounds.optimize import AlphaSettings
 
         return AlphaSettings(self.alpha_iterations, self.alpha_learning_rate, self.alpha_decay,
-                             self.alpha_intermediate)
+                             self.alpha_intermediate, self.alpha_intermediate_memory_mb)
 
 
 def load_settings(family: str | None, path: Path = FAMILIES_FILE) -> Settings:

@@ -9,6 +9,7 @@ each node that feeds a relaxed operator, restricted to the neurons that operator
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -197,10 +198,17 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
             current = _refine(network, index, current, bounds, alphas)
         if reference is not None and reference[index] is not None:
             best = reference[index]
-            current = Interval(current.lower + (torch.maximum(best.lower, current.lower) - current.lower).detach(),
-                               current.upper + (torch.minimum(best.upper, current.upper) - current.upper).detach())
+            current = Interval(_tighten(current.lower, best.lower, torch.gt),
+                               _tighten(current.upper, best.upper, torch.lt))
         bounds.append(current)
     return bounds
+
+
+def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """`best` where it is better, shifted onto `value` so that the gradient still flows through
+    `value`; an infinite `value` cannot carry the shift (inf - inf is NaN) and gives `best` itself."""
+    shifted = torch.where(torch.isfinite(value), value + (best - value).detach(), best)
+    return torch.where(better(best, value), shifted, value)
 
 
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
