@@ -11,10 +11,11 @@ from tests import soundness
 from tests.conftest import cached_model, opcoverage_or_skip, shared_or_skip
 from tests.test_load import _first_properties
 from tests.test_soundness_random import network_for
+from verifier.bounds import activation
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.optimize import Adam, AlphaSettings, optimize_bounds
-from verifier.bounds.relaxation import AlphaStore
+from verifier.bounds.relaxation import AlphaStore, extremum_intercepts
 from verifier.errors import ModelError
 from verifier.graph import build_network
 from verifier.report import raw_output_bounds
@@ -76,6 +77,22 @@ def test_bounds_at_random_parameters_contain_sampled_values(family, seed):
     bounds, slacks = random_alpha_bounds(network, box, generator)
     points = soundness.sample_points(network, box, generator)
     assert soundness.violations(network, bounds, slacks, points, 1e-9) == []
+
+
+def test_random_parameters_catch_intercepts_that_ignore_the_critical_points(monkeypatch):
+    # sigmoid/tanh lines are sound for any slope because the intercepts come from the extremum
+    # over [l, u]; checking only the ends is wrong at most slopes, which random values must reveal
+    monkeypatch.setattr(activation.SShaped, "intercepts",
+                        lambda self, slope, lower, upper: extremum_intercepts(self.f, slope, lower, upper, []))
+    found = []
+    for seed in range(3):
+        network = network_for("dense", seed)
+        generator = torch.Generator().manual_seed(seed)
+        box = soundness.random_box(network, generator)
+        bounds, slacks = random_alpha_bounds(network, box, generator)
+        points = soundness.sample_points(network, box, generator)
+        found += soundness.violations(network, bounds, slacks, points, 1e-9)
+    assert found
 
 
 @pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
