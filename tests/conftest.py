@@ -32,6 +32,15 @@ def opcoverage_or_skip() -> Path:
     return root
 
 
+def skipped_if_empty(params: list, why: str) -> list:
+    """Parametrize values, or one skipped entry that says why there are none (pytest's own
+    message for an empty set names no folder)."""
+    return params or [pytest.param(None, None, marks=pytest.mark.skip(reason=why))]
+
+
+MISSING_SHARED = f"shared benchmarks not found under {shared_root()} (set VERIFIER_SHARED to their parent folder)"
+
+
 @functools.lru_cache(maxsize=8)
 def cached_model(path: str):
     from verifier.load import load_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests import soundness
-from tests.conftest import cached_model, opcoverage_or_skip, shared_or_skip
+from tests.conftest import MISSING_SHARED, cached_model, opcoverage_or_skip, shared_or_skip, skipped_if_empty
 from tests.test_load import _first_properties
 from tests.test_soundness_random import network_for
 from verifier.bounds import activation
@@ -165,8 +165,9 @@ def _distinct(pairs):
     return keep
 
 
-@pytest.mark.parametrize("model_path,prop_path", _distinct(_model_pairs(shared_or_skip))
-                         + [p for p in _model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(
+    _distinct(_model_pairs(shared_or_skip)) + [p for p in _model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
+    MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_models_at_random_and_optimized_parameters(model_path, prop_path):
     # a tenth of the box and four checked nodes keep the large models (vit, ml4acopf, resnets,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests import soundness
-from tests.conftest import cached_model, opcoverage_or_skip, shared_or_skip
+from tests.conftest import MISSING_SHARED, cached_model, opcoverage_or_skip, shared_or_skip, skipped_if_empty
 from tests.test_load import _first_properties
 from verifier.bounds.core import Interval
 from verifier.errors import ModelError
@@ -52,14 +52,14 @@ def _check_model(model_path, prop_path, method: str, shrink: float = 1.0) -> lis
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-@pytest.mark.parametrize("model_path,prop_path", _model_pairs(shared_or_skip),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(_model_pairs(shared_or_skip), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_competition_model_bounds_contain_sampled_values(model_path, prop_path, method):
     assert _check_model(model_path, prop_path, method) == []
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-@pytest.mark.parametrize("model_path,prop_path", _model_pairs(opcoverage_or_skip),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(_model_pairs(opcoverage_or_skip), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_opcoverage_model_bounds_contain_sampled_values(model_path, prop_path, method):
     # A twentieth of the property's box: CROWN on the cGAN generators (27k unstable ReLUs behind
