@@ -46,3 +46,34 @@ def cached_model(path: str):
     from verifier.load import load_model
 
     return load_model(path)
+
+
+def model_pairs(root_fn) -> list:
+    """(model, its first property) of every model under the folder `root_fn()` gives; none if absent."""
+    from tests.test_load import _first_properties
+
+    try:
+        return sorted(_first_properties(root_fn()).items())
+    except pytest.skip.Exception:
+        return []
+
+
+def float64_first_box(model_path, prop_path, shrink: float = 1.0):
+    """(network in float64, spec, the first input box shrunk about its centre); skips a model the
+    engine does not support."""
+    from verifier.bounds.core import Interval
+    from verifier.errors import ModelError
+    from verifier.graph import build_network
+    from verifier.spec import Spec
+    from vnnlib import parse_file
+
+    model = cached_model(str(model_path))
+    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
+    case = prop.cases[0]
+    try:
+        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
+    except ModelError as error:
+        pytest.skip(f"not supported: {error}")
+    spec = Spec.build(prop, network.input_shape, torch.float64)
+    center, radius = spec.box.center[:1], spec.box.radius[:1] * shrink
+    return network, spec, Interval(center - radius, center + radius)

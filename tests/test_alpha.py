@@ -8,19 +8,21 @@ import pytest
 import torch
 
 from tests import soundness
-from tests.conftest import MISSING_SHARED, cached_model, opcoverage_or_skip, shared_or_skip, skipped_if_empty
-from tests.test_load import _first_properties
+from tests.conftest import (
+    MISSING_SHARED,
+    float64_first_box,
+    model_pairs,
+    opcoverage_or_skip,
+    shared_or_skip,
+    skipped_if_empty,
+)
 from tests.test_soundness_random import network_for
 from verifier.bounds import activation
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.optimize import Adam, AlphaSettings, optimize_bounds
 from verifier.bounds.relaxation import AlphaStore, extremum_intercepts
-from verifier.errors import ModelError
-from verifier.graph import build_network
 from verifier.report import raw_output_bounds
-from verifier.spec import Spec
-from vnnlib import parse_file
 
 
 def _randomize(alphas: AlphaStore, generator: torch.Generator) -> None:
@@ -134,26 +136,6 @@ def test_optimization_stops_before_a_time_limit_it_cannot_meet():
     assert limited.iterations == 1  # the first iteration gives a bound; the next would overrun
 
 
-def _model_pairs(root_fn):
-    try:
-        return sorted(_first_properties(root_fn()).items())
-    except pytest.skip.Exception:
-        return []
-
-
-def _spec_for(model_path, prop_path, shrink: float = 1.0):
-    model = cached_model(str(model_path))
-    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
-    case = prop.cases[0]
-    try:
-        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
-    except ModelError as error:
-        pytest.skip(f"not supported: {error}")
-    spec = Spec.build(prop, network.input_shape, torch.float64)
-    center, radius = spec.box.center[:1], spec.box.radius[:1] * shrink
-    return network, spec, Interval(center - radius, center + radius)
-
-
 def _distinct(pairs):
     """One model per architecture family where a suite repeats it (45 ACAS Xu networks)."""
     seen, keep = set(), []
@@ -166,13 +148,13 @@ def _distinct(pairs):
 
 
 @pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(
-    _distinct(_model_pairs(shared_or_skip)) + [p for p in _model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
+    _distinct(model_pairs(shared_or_skip)) + [p for p in model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
     MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_models_at_random_and_optimized_parameters(model_path, prop_path):
     # a tenth of the box and four checked nodes keep the large models (vit, ml4acopf, resnets,
     # the 42M-parameter nn4sys indexes) to seconds in float64; the small ones are checked everywhere
-    network, spec, box = _spec_for(model_path, prop_path)
+    network, spec, box = float64_first_box(model_path, prop_path)
     parameters = sum(p.numel() for p in network.parameters()) + sum(b.numel() for b in network.buffers())
     large = parameters > 2_000_000 or len(network.nodes) > 20
     if large:

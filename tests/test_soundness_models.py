@@ -10,35 +10,19 @@ import pytest
 import torch
 
 from tests import soundness
-from tests.conftest import MISSING_SHARED, cached_model, opcoverage_or_skip, shared_or_skip, skipped_if_empty
-from tests.test_load import _first_properties
+from tests.conftest import (
+    MISSING_SHARED,
+    float64_first_box,
+    model_pairs,
+    opcoverage_or_skip,
+    shared_or_skip,
+    skipped_if_empty,
+)
 from verifier.bounds.core import Interval
-from verifier.errors import ModelError
-from verifier.graph import build_network
-from verifier.spec import Spec
-from vnnlib import parse_file
-
-
-def _model_pairs(root_fn) -> list:
-    try:
-        root = root_fn()
-    except pytest.skip.Exception:
-        return []
-    pairs = _first_properties(root)
-    return sorted(pairs.items())
 
 
 def _check_model(model_path, prop_path, method: str, shrink: float = 1.0) -> list[str]:
-    model = cached_model(str(model_path))
-    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
-    case = prop.cases[0]
-    try:
-        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
-    except ModelError as error:
-        pytest.skip(f"not supported: {error}")
-    spec = Spec.build(prop, network.input_shape, torch.float64)
-    center, radius = spec.box.center[:1], spec.box.radius[:1] * shrink
-    box = Interval(center - radius, center + radius)
+    network, _, box = float64_first_box(model_path, prop_path, shrink)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         bounds, slacks = soundness.node_bounds(network, box, method, rows_per_node=12, generator=generator)
@@ -52,14 +36,14 @@ def _check_model(model_path, prop_path, method: str, shrink: float = 1.0) -> lis
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(_model_pairs(shared_or_skip), MISSING_SHARED),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(model_pairs(shared_or_skip), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_competition_model_bounds_contain_sampled_values(model_path, prop_path, method):
     assert _check_model(model_path, prop_path, method) == []
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(_model_pairs(opcoverage_or_skip), MISSING_SHARED),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(model_pairs(opcoverage_or_skip), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_opcoverage_model_bounds_contain_sampled_values(model_path, prop_path, method):
     # A twentieth of the property's box: CROWN on the cGAN generators (27k unstable ReLUs behind
