@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -40,13 +41,6 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
     return {"method": method, "seconds": seconds, "cases": cases}
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
-
-
 def raw_output_bounds(network: Network, box: Interval, method: str,
                       alpha: AlphaSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape].
@@ -57,7 +51,7 @@ def raw_output_bounds(network: Network, box: Interval, method: str,
     if method == "ibp":
         out = interval_bounds(network, box)[network.output]
         return out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)
-    count = _numel(network.output_shape)
+    count = math.prod(network.output_shape)
     eye = torch.eye(count, dtype=network.dtype, device=network.device)
     coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(cases, -1, -1)
     coeffs = coeffs.reshape(cases, 2 * count, *network.output_shape)

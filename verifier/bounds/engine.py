@@ -9,6 +9,7 @@ each node that feeds a relaxed operator, restricted to the neurons that operator
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,7 +228,7 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
         return current
     shape = network.nodes[index].shape
     numel = current.lower[0].numel()
-    widest = max(_numel(network.nodes[i].shape) for i in network.ancestors(index))
+    widest = max(math.prod(network.nodes[i].shape) for i in network.ancestors(index))
     chunk = max(1, COEFF_BUDGET // (2 * batch * max(widest, numel)))
     lower = current.lower.reshape(batch, -1).clone()
     upper = current.upper.reshape(batch, -1).clone()
@@ -254,10 +255,3 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
         lower[:, part] = safe[:, :rows]
         upper[:, part] = -safe[:, rows:]
     return Interval(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total

@@ -49,7 +49,6 @@ class OptimizedBound:
     bound: LinearBound                 # best lower bound of every row [B, m]
     intermediate: list[Interval | None]  # best interval of every node
     iterations: int
-    optimized_intermediate: bool
 
 
 def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, settings: AlphaSettings,
@@ -64,7 +63,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     """
     alphas, crown = _start(network, box, settings)
     fixed = None if alphas.parameters() else crown
-    reference = None if fixed is not None else crown
+    reference = crown  # best intervals so far; updated only while the intermediate bounds move
     best: LinearBound | None = None
     optimizer = None
     stalled, iteration = 0, 0
@@ -93,8 +92,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
             loss.backward()
         optimizer.step()
         alphas.project()
-    intermediate = reference if reference is not None else (fixed or [])
-    return OptimizedBound(best, intermediate, iteration, fixed is None)
+    return OptimizedBound(best, reference, iteration)
 
 
 def _start(network: Network, box: Interval, settings: AlphaSettings) -> tuple[AlphaStore, list[Interval | None]]:
@@ -158,10 +156,8 @@ def _keep_best(best: LinearBound | None, new: LinearBound) -> LinearBound:
     return LinearBound(torch.where(better, lower, best.lower), torch.where(better, magnitude, best.magnitude))
 
 
-def _tighter(reference: list[Interval | None] | None, bounds: list[Interval | None]) -> list[Interval | None]:
+def _tighter(reference: list[Interval | None], bounds: list[Interval | None]) -> list[Interval | None]:
     detached = [None if b is None else Interval(b.lower.detach(), b.upper.detach()) for b in bounds]
-    if reference is None:
-        return detached
     # fmax/fmin: a NaN of one iteration must not erase the best bound so far
     return [b if r is None else Interval(torch.fmax(r.lower, b.lower), torch.fmin(r.upper, b.upper))
             for r, b in zip(reference, detached)]

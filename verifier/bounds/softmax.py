@@ -6,6 +6,8 @@ Exp, Reduce, Reciprocal and Multiply without a rule of its own.
 
 from __future__ import annotations
 
+import math
+
 from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
 from torch import nn
 
@@ -34,14 +36,9 @@ def softmax_legacy_factory(builder, module, args):
         raise Unsupported("LogSoftmax")
     x = args[0]
     axis = module.axis % len(x.shape)
-    flat_shape = x.shape[:axis] + (int(_numel(x.shape[axis:])),)
+    flat_shape = x.shape[:axis] + (math.prod(x.shape[axis:]),)
     flat = builder.add(Reshape(x.shape, flat_shape), [x])
     out = _softmax(builder, flat, axis)
     return builder.add(Reshape(flat_shape, x.shape), [out])
 
 
-def _numel(shape) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
