@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from verifier.bounds.core import Interval
 from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_bounds, interval_concretize
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import AlphaSettings, optimize_bounds
@@ -29,6 +30,7 @@ class Proof:
     lower: np.ndarray       # [B, m] float64 lower bounds of the rows
     seconds: float
     rechecked: bool         # whether float64 was needed
+    intervals: list[Interval | None] | None = None  # every node's bounds (CROWN methods), [B, *shape]
 
     @property
     def all_proved(self) -> bool:
@@ -36,26 +38,28 @@ class Proof:
 
 
 def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
-               time_left: Callable[[], float] | None = None) -> LinearBound:
-    """Lower bounds [B, m] of the rows `C y` over each case's box.
+               time_left: Callable[[], float] | None = None) -> tuple[LinearBound, list[Interval | None] | None]:
+    """Lower bounds [B, m] of the rows `C y` over each case's box, and (CROWN methods) the
+    intervals of every node that the bound used.
 
     alpha-CROWN stops early once every case is proved, and at `time_left() <= 0`.
     """
     coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
     if method == "ibp":
         bounds = interval_bounds(network, spec.box)
-        return interval_concretize(coeffs, bounds[network.output])
+        return interval_concretize(coeffs, bounds[network.output]), None
     pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
         bounds = crown_bounds(network, spec.box)
         return tightest([backward_bound(network, network.output, coeffs, bounds),
-                         interval_concretize(coeffs, bounds[network.output]), pure_ibp])
+                         interval_concretize(coeffs, bounds[network.output]), pure_ibp]), bounds
     if method == "alpha-crown":
         def done(bound: LinearBound) -> bool:
             return bool(spec.proved_cases(spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)).all())
 
         result = optimize_bounds(network, spec.box, coeffs, alpha or AlphaSettings(), time_left, done)
-        return tightest([result.bound, interval_concretize(coeffs, result.intermediate[network.output]), pure_ibp])
+        return tightest([result.bound, interval_concretize(coeffs, result.intermediate[network.output]),
+                         pure_ibp]), result.intermediate
     raise ValueError(f"unknown bound method '{method}'")
 
 
@@ -74,7 +78,7 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
     """Bound the property with `method`; re-check close rows in float64."""
     start = time.perf_counter()
     with torch.no_grad():
-        bound = spec_bound(network, spec, method, alpha, time_left)
+        bound, intervals = spec_bound(network, spec, method, alpha, time_left)
     refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
     proved = spec.proved_cases(refuted)
     lower = bound.lower.double().cpu().numpy()
@@ -88,7 +92,7 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
             wide = copy.deepcopy(network).double()
             wide_spec = spec.to(torch.float64)
             with torch.no_grad():
-                wide_bound = spec_bound(wide, wide_spec, method, alpha, time_left)
+                wide_bound, _ = spec_bound(wide, wide_spec, method, alpha, time_left)
             refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
             proved = spec.proved_cases(refuted)
-    return Proof(method, proved, lower, time.perf_counter() - start, rechecked)
+    return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals)

@@ -13,6 +13,7 @@ from verifier.errors import UserError
 if TYPE_CHECKING:
     from verifier.attack import AttackSettings
     from verifier.bounds.optimize import AlphaSettings
+    from verifier.search import BranchSettings
 
 # The methods of verifier.prove, named here so that the batch runner reads settings without torch.
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
@@ -36,6 +37,9 @@ class Settings:
     alpha_decay: float = 0.98
     alpha_intermediate: bool = True
     alpha_intermediate_memory_mb: float = 3072.0
+    branch_and_bound: bool = True
+    branch_batch: int = 64
+    branch_iterations: int = 10
 
     def attack(self) -> AttackSettings:
         # Imported here: the batch runner reads settings without loading torch.
@@ -49,6 +53,11 @@ class Settings:
 
         return AlphaSettings(self.alpha_iterations, self.alpha_learning_rate, self.alpha_decay,
                              self.alpha_intermediate, self.alpha_intermediate_memory_mb)
+
+    def branch(self) -> BranchSettings:
+        from verifier.search import BranchSettings
+
+        return BranchSettings(self.branch_batch, self.branch_iterations, self.alpha_learning_rate)
 
 
 def load_settings(family: str | None, path: Path = FAMILIES_FILE) -> Settings:

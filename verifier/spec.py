@@ -92,19 +92,22 @@ class Spec:
 
     def refuted_rows(self, lower: Tensor, magnitude: Tensor, dtype: torch.dtype) -> np.ndarray:
         """[B, m] bool: rows whose lower bound exceeds the offset by the margin."""
-        lower = lower.detach().double().cpu().numpy()
-        magnitude = magnitude.detach().double().cpu().numpy()
-        offset = self.offset.numpy()
-        margin = CHECKER_SLACK + RELATIVE_MARGIN[dtype] * (np.abs(offset) + magnitude)
-        with np.errstate(invalid="ignore"):
-            return (lower - offset > margin) & (self.row_disjunct >= 0)
+        return _refuted(lower, magnitude, self.offset.numpy(), self.row_disjunct, dtype)
 
     def proved_cases(self, refuted: np.ndarray) -> np.ndarray:
         """[B] bool: cases where every disjunct has at least one refuted row."""
-        proved = np.zeros(self.cases, dtype=bool)
-        for b, count in enumerate(self.disjunct_counts):
-            owners = self.row_disjunct[b][refuted[b]]
-            proved[b] = all(k in owners for k in range(count))
+        return np.array([self.case_proved(b, refuted[b:b + 1])[0] for b in range(self.cases)], dtype=bool)
+
+    def case_refuted_rows(self, case: int, lower: Tensor, magnitude: Tensor, dtype: torch.dtype) -> np.ndarray:
+        """[N, m] bool: `refuted_rows` for N bounds [N, m] of the rows of one case (sub-domains)."""
+        return _refuted(lower, magnitude, self.offset.numpy()[case], self.row_disjunct[case], dtype)
+
+    def case_proved(self, case: int, refuted: np.ndarray) -> np.ndarray:
+        """[N] bool: which of N row masks [N, m] of one case refute every disjunct of it."""
+        owners = self.row_disjunct[case]
+        proved = np.ones(refuted.shape[0], dtype=bool)
+        for k in range(self.disjunct_counts[case]):
+            proved &= refuted[:, owners == k].any(axis=1)
         return proved
 
     def margins(self, outputs: Tensor) -> Tensor:
@@ -123,3 +126,11 @@ class Spec:
         counts = torch.tensor(self.disjunct_counts, device=outputs.device)
         missing = torch.arange(most, device=outputs.device).unsqueeze(0) >= counts.unsqueeze(1)
         return result.masked_fill(missing.unsqueeze(0), torch.inf)
+
+
+def _refuted(lower: Tensor, magnitude: Tensor, offset: np.ndarray, owner: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    lower = lower.detach().double().cpu().numpy()
+    magnitude = magnitude.detach().double().cpu().numpy()
+    margin = CHECKER_SLACK + RELATIVE_MARGIN[dtype] * (np.abs(offset) + magnitude)
+    with np.errstate(invalid="ignore"):
+        return (lower - offset > margin) & (owner >= 0)

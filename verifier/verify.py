@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from verifier.attack import Falsifier
+from verifier.bounds.network import Network
 from verifier.deadline import Deadline
 from verifier.graph import build_network
 from verifier.load import LoadedModel, load_model
-from verifier.prove import prove
+from verifier.prove import Proof, prove
+from verifier.search import branch_and_bound
 from verifier.settings import Settings
 from verifier.spec import Spec
 from verifier.witness import Counterexample, OnnxChecker
@@ -86,12 +88,34 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 
+    if settings.branch_and_bound and proof.intervals is not None and not deadline.expired() \
+            and _branch(network, spec, proof, settings, deadline, timings, log):
+        return Outcome("unsat", decided_by="branch and bound", timings=timings)
+
     if deadline.at is not None:  # nothing left to prove with: keep attacking until the deadline
         found = _attack(falsifier, None, deadline, timings, log)
         if found is not None:
             return Outcome("sat", found, decided_by="attack", timings=timings)
         return Outcome("timeout", timings=timings)  # the attack stops only for the deadline
     return Outcome("unknown", timings=timings)
+
+
+def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, deadline: Deadline,
+            timings: dict[str, float], log: Log) -> bool:
+    """Branch and bound on every case the bound pass left open, easiest (highest bound) first."""
+    open_cases = np.flatnonzero(~proof.proved)
+    easiest_first = open_cases[np.argsort(-np.nan_to_num(proof.lower[open_cases].max(1), nan=-np.inf))]
+    start = deadline.elapsed()
+    try:
+        for case in easiest_first:
+            result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch(), deadline.remaining)
+            log(f"branch and bound, box {case}: {result.reason} after {result.domains_bounded} domain(s), "
+                f"{result.open_domains} open, {result.seconds:.2f}s")
+            if not result.proved:
+                return False
+        return True
+    finally:
+        timings["branch and bound"] = deadline.elapsed() - start
 
 
 def _attack(falsifier: Falsifier, rounds: int | None, deadline: Deadline, timings: dict[str, float],

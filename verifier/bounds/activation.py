@@ -20,6 +20,8 @@ _BISECTION_STEPS = 24
 
 
 class ReLU(Elementwise):
+    splits_at_zero = True
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)
 

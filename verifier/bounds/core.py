@@ -74,6 +74,9 @@ class Rule(nn.Module):
     selects_only = False
     # True when `backward` also takes window coefficients (bounds/patches.py); others get dense ones.
     accepts_patches = False
+    # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
+    # bound splits their input there, which makes the rule exact on both sides.
+    splits_at_zero = False
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError

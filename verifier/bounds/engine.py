@@ -24,6 +24,9 @@ from verifier.bounds.relaxation import AlphaStore
 # Largest coefficient tensor (elements) one backward sweep may hold; larger work is chunked.
 COEFF_BUDGET = 1 << 25
 
+# A hook of backward_bound: (node index, the coefficients reaching it) -> coefficients to go on with.
+Visit = Callable[[int, "Tensor | Patches"], "Tensor | Patches"]
+
 
 @dataclass
 class LinearBound:
@@ -84,12 +87,15 @@ def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBou
 
 
 def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
-                   bounds: list[Interval | None], alphas: AlphaStore | None = None, key: object = None) -> LinearBound:
+                   bounds: list[Interval | None], alphas: AlphaStore | None = None, key: object = None,
+                   visit: Visit | None = None) -> LinearBound:
     """Lower bound of <coeffs, z_start> over the input box bounds[0]; coeffs [B, m, *shape(start)].
 
     `bounds` must hold intervals for every node whose rule needs them; nodes without a linear
     rule are concretized with their interval (sound, looser). With `alphas` (a dict the
     optimiser owns), rules with free relaxation parameters read them from slot (key, node).
+    `visit(index, coeffs)` sees the complete coefficients of every node the sweep reaches and
+    returns the ones to continue with (branch and bound reads them and adds split terms there).
     """
     pending: dict[int, Tensor | Patches] = {start: coeffs}
     lead = coeffs.values.shape[:2] if isinstance(coeffs, Patches) else coeffs.shape[:2]
@@ -99,6 +105,8 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         node_coeffs = pending.pop(index, None)
         if node_coeffs is None:
             continue
+        if visit is not None:
+            node_coeffs = visit(index, node_coeffs)
         if index == 0:
             part = interval_concretize(node_coeffs, bounds[0])
             total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)

@@ -73,7 +73,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
             bounds = crown_bounds(network, box, alphas, reference) if fixed is None else fixed
             final = backward_bound(network, network.output, coeffs, bounds, alphas, "final")
         improved = best is None or bool((final.lower.detach() > best.lower + 1e-4 * (1 + best.lower.abs())).any())
-        best = _keep_best(best, final)
+        best = keep_best(best, final)
         if fixed is None:
             reference = _tighter(reference, bounds)
         stalled = 0 if improved else stalled + 1
@@ -148,7 +148,8 @@ class Adam:
         self.learning_rate *= self.decay
 
 
-def _keep_best(best: LinearBound | None, new: LinearBound) -> LinearBound:
+def keep_best(best: LinearBound | None, new: LinearBound) -> LinearBound:
+    """Row by row, the larger of two lower bounds (detached)."""
     lower, magnitude = new.lower.detach(), new.magnitude.detach()
     if best is None:
         return LinearBound(lower, magnitude)

@@ -1,0 +1,148 @@
+"""Branch and bound: split terms sound on their sub-domains, no proof of a violated property, and
+proofs that one bound pass cannot give."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.conftest import shared_or_skip
+from tests.graphs import GraphWriter
+from verifier.bounds.core import Interval
+from verifier.bounds.engine import backward_bound, crown_bounds
+from verifier.bounds.patches import densify
+from verifier.bounds.relaxation import AlphaStore
+from verifier.graph import build_network
+from verifier.load import load_model
+from verifier.prove import prove
+from verifier.search import BranchSettings, branch_and_bound, split_nodes
+from verifier.spec import Spec
+from vnnlib import parse_file, parse_text
+
+
+def relu_network(seed: int, inputs: int = 2, width: int = 12, layers: int = 3):
+    """A random float64 ReLU MLP with one output."""
+    g = GraphWriter(np.random.default_rng(seed))
+    x = g.dense("x", inputs, width)
+    for _ in range(layers - 1):
+        x = g.dense(g.op("Relu", [x]), width, width)
+    out = g.dense(g.op("Relu", [x]), width, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mlp.onnx"
+        onnx.save(g.model([1, inputs], out, [1, 1]), path)
+        return build_network(load_model(str(path))).double()
+
+
+def grid(low: float, high: float, inputs: int, steps: int) -> torch.Tensor:
+    axes = [torch.linspace(low, high, steps, dtype=torch.float64)] * inputs
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 1, inputs)
+
+
+def smallest_output(network, low: float, high: float, inputs: int) -> float:
+    """The least output found by a grid and then signed-gradient descent from its 64 best points
+    (an upper estimate of the true minimum, close on these small 2-D networks)."""
+    points = grid(low, high, inputs, 201)
+    best = points[network(points).flatten().argsort()[:64]].clone()
+    for step in range(200):
+        best.requires_grad_(True)
+        grad, = torch.autograd.grad(network(best).sum(), best)
+        with torch.no_grad():
+            best = (best - 0.01 * 0.98 ** step * grad.sign()).clamp(low, high)
+    return float(network(best).min())
+
+
+def spec_below(threshold: float, low: float, high: float, inputs: int) -> Spec:
+    """'Y_0 <= threshold somewhere in the box' (proved: Y_0 > threshold everywhere)."""
+    box = "".join(f"(assert (>= X_{i} {low}))(assert (<= X_{i} {high}))" for i in range(inputs))
+    text = "".join(f"(declare-const X_{i} Real)" for i in range(inputs))
+    text += f"(declare-const Y_0 Real){box}(assert (<= Y_0 {threshold!r}))"
+    return Spec.build(parse_text(text), (1, inputs), torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_terms_are_sound_on_their_sub_domain(seed):
+    """Random splits, random alpha and beta >= 0: the bound holds at every sampled point of the
+    sub-domain (the points of the box where the assumed signs hold)."""
+    network = relu_network(seed)
+    generator = torch.Generator().manual_seed(seed)
+    box = Interval(torch.full((1, 1, 2), -1.0, dtype=torch.float64), torch.full((1, 1, 2), 1.0, dtype=torch.float64))
+    root = crown_bounds(network, box)
+    points = grid(-1.0, 1.0, 2, 161)
+    values = network.forward_all(points.reshape(-1, 1, 2))
+    reference = list(root)
+    signs, inside = {}, torch.ones(points.shape[0], dtype=torch.bool)
+    anchor = int(torch.randint(points.shape[0], (1,), generator=generator))
+    for z in split_nodes(network):
+        lower, upper = root[z].lower.clone(), root[z].upper.clone()
+        unstable = ((lower < 0) & (upper > 0)).flatten().nonzero().flatten()
+        chosen = unstable[torch.randperm(unstable.numel(), generator=generator)[:2]]
+        sign = torch.zeros_like(lower).flatten()
+        # the signs at one sampled point, so that the sub-domain is not empty
+        at_anchor = values[z].reshape(points.shape[0], -1)[anchor, chosen]
+        sign[chosen] = torch.where(at_anchor <= 0, 1.0, -1.0).double()
+        signs[z] = sign.reshape(lower.shape)
+        lower = torch.where(signs[z] < 0, lower.clamp(min=0), lower)
+        upper = torch.where(signs[z] > 0, upper.clamp(max=0), upper)
+        reference[z] = Interval(lower, upper)
+        held = (values[z].reshape(points.shape[0], -1) * sign) <= 0
+        inside &= held.all(1)
+    assert inside.any()
+    bounds = crown_bounds(network, box, reference=reference)
+    alphas = AlphaStore()
+    coeffs = torch.randn(1, 4, *network.output_shape, generator=generator, dtype=torch.float64)
+    betas = {z: torch.rand(1, 4, *s.shape[1:], generator=generator, dtype=torch.float64) * 3 for z, s in signs.items()}
+
+    def visit(index, node_coeffs):
+        return densify(node_coeffs) + betas[index] * signs[index].unsqueeze(1) if index in betas else node_coeffs
+
+    backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit)  # creates alpha
+    with torch.no_grad():
+        for param in alphas.parameters():
+            param.copy_(torch.rand(param.shape, generator=generator, dtype=torch.float64))
+    bound = backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit)
+    outputs = values[network.output].reshape(points.shape[0], -1)[inside]
+    rows = outputs @ coeffs.reshape(4, -1).T
+    assert bool((bound.lower[0] <= rows.min(0).values + 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed):
+    """Just above the least output found, the property is violated and must stay unproved; 30% of
+    the way from there down to CROWN's bound, CROWN fails and branch and bound proves it."""
+    network = relu_network(seed, width=12)
+    smallest = smallest_output(network, -0.5, 0.5, 2)
+    crown_lower = float(prove(network, spec_below(smallest, -0.5, 0.5, 2), "crown").lower[0, 0])
+    assert crown_lower < smallest - 0.01
+    settings = BranchSettings(batch=16, iterations=5)
+    for threshold, provable in ((smallest + 1e-3, False), (smallest - 0.3 * (smallest - crown_lower), True)):
+        spec = spec_below(threshold, -0.5, 0.5, 2)
+        crown = prove(network, spec, "crown")
+        assert not crown.all_proved
+        stop = time.monotonic() + (20 if provable else 6)
+        result = branch_and_bound(network, spec, 0, crown.intervals, settings,
+                                  lambda stop=stop: stop - time.monotonic())
+        assert result.proved == provable, (threshold, smallest, result)
+
+
+@pytest.fixture(scope="module")
+def mnist_256x2():
+    root = shared_or_skip() / "mnistfc"
+    return build_network(load_model(str(root / "mnist-net_256x2.onnx"))), root
+
+
+@pytest.mark.parametrize("prop, verdict", [("prop_0_0.03", "unsat"), ("prop_0_0.05", "sat")])
+def test_mnistfc_proof_and_refusal(mnist_256x2, prop, verdict):
+    """A ground-truth unsat instance that alpha-CROWN leaves open is proved; a sat one is not."""
+    network, root = mnist_256x2
+    spec = Spec.build(parse_file(str(root / f"{prop}.vnnlib")), network.input_shape, network.dtype)
+    alpha = prove(network, spec, "alpha-crown")
+    assert not alpha.all_proved
+    deadline = time.monotonic() + 15
+    result = branch_and_bound(network, spec, 0, alpha.intervals, BranchSettings(), lambda: deadline - time.monotonic())
+    assert result.proved == (verdict == "unsat"), result

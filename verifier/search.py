@@ -1,0 +1,314 @@
+"""Branch and bound: split unstable neurons of rules linear on each side of 0 (ReLU) until every
+sub-domain of an input box is proved.
+
+A sub-domain is the input box with some neurons' pre-activations assumed >= 0 or <= 0. Its bound
+is sound because every piece is: the intervals of its split neurons are clamped at 0 (true on the
+sub-domain), later intervals are recomputed by CROWN from them, and the split constraints
+`s z <= 0` enter the final sweep as Lagrangian terms `beta s z` with beta >= 0 (beta-CROWN, Wang et
+al. 2021), which are <= 0 wherever the constraints hold. The two children of a split cover their
+parent, so the box is proved when every leaf is. The neuron to split is chosen by a BaBSR-like
+score (Bunel et al. 2020): how much its upper line's intercept costs the rows not yet proved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verifier.bounds.core import Interval
+from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds
+from verifier.bounds.network import Network
+from verifier.bounds.optimize import Adam, keep_best
+from verifier.bounds.patches import Patches, densify
+from verifier.bounds.relaxation import AlphaStore
+from verifier.spec import Spec
+
+
+@dataclass(frozen=True)
+class BranchSettings:
+    """Domains split per step (each gives two children, bounded in one batch), Adam steps on the
+    final sweep's alpha and beta per batch, and the most open domains kept before giving up."""
+
+    batch: int = 64
+    iterations: int = 10
+    learning_rate: float = 0.1
+    max_domains: int = 20000
+
+
+@dataclass
+class SearchResult:
+    proved: bool
+    domains_bounded: int
+    open_domains: int
+    seconds: float
+    reason: str  # why it stopped: proved | time | no split left | too many domains
+
+
+@dataclass
+class _Domains:
+    """Open sub-domains of one box; every tensor has a leading domain axis D."""
+
+    lower: dict[int, Tensor]    # split node -> [D, *shape], its bounds on the domain
+    upper: dict[int, Tensor]
+    signs: dict[int, Tensor]    # split node -> [D, *shape]: +1 assumed <= 0, -1 assumed >= 0, 0 free
+    betas: dict[int, Tensor]    # split node -> [D, m, *shape], the split terms' multipliers (warm start)
+    refuted: np.ndarray         # [D, m] rows already proved on the domain (or an ancestor)
+    worst: Tensor               # [D] lowest (bound - offset) of the rows not yet proved
+    choice: Tensor              # [D, 2] (split node, flat neuron) to split next
+
+    def __len__(self) -> int:
+        return int(self.worst.shape[0])
+
+    def take(self, index: Tensor) -> _Domains:
+        pick = index.cpu().numpy()
+        return _Domains({k: v[index] for k, v in self.lower.items()}, {k: v[index] for k, v in self.upper.items()},
+                        {k: v[index] for k, v in self.signs.items()}, {k: v[index] for k, v in self.betas.items()},
+                        self.refuted[pick], self.worst[index], self.choice[index])
+
+    @staticmethod
+    def join(parts: list[_Domains]) -> _Domains:
+        first = parts[0]
+        return _Domains({k: torch.cat([p.lower[k] for p in parts]) for k in first.lower},
+                        {k: torch.cat([p.upper[k] for p in parts]) for k in first.upper},
+                        {k: torch.cat([p.signs[k] for p in parts]) for k in first.signs},
+                        {k: torch.cat([p.betas[k] for p in parts]) for k in first.betas},
+                        np.concatenate([p.refuted for p in parts]), torch.cat([p.worst for p in parts]),
+                        torch.cat([p.choice for p in parts]))
+
+
+def split_nodes(network: Network) -> dict[int, int]:
+    """Nodes that branch and bound may split (inputs of `splits_at_zero` rules, not the network
+    input) mapped to the rule's output node."""
+    found = {}
+    for index, node in enumerate(network.nodes[1:], start=1):
+        if network.rules[node.rule].splits_at_zero and node.inputs[0] != 0:
+            found[node.inputs[0]] = index
+    return found
+
+
+def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
+                     settings: BranchSettings, time_left: Callable[[], float]) -> SearchResult:
+    """Prove case `case` of the spec by splitting, starting from intervals `root` ([B, ...], all
+    cases) that hold on its box; stops when `time_left()` (seconds) would run out."""
+    start = time.perf_counter()
+    search = _Search(network, spec, case, root, settings)
+    if not search.splittable:
+        return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
+    open_domains = search.bound_children(None, time_left)
+    bounded = 1
+    reason = "time"
+    while True:
+        if open_domains is None:
+            break
+        if len(open_domains) == 0:
+            reason = "proved"
+            break
+        if len(open_domains) > settings.max_domains:
+            reason = "too many domains"
+            break
+        stuck = open_domains.choice[:, 0] < 0
+        if bool(stuck.any()):
+            # nothing left to split: only the split terms' multipliers can still close these
+            retried = search.retry(open_domains.take(stuck.nonzero().flatten()), time_left)
+            if retried is None or len(retried) > 0:
+                reason = "no split left" if retried is not None else "time"
+                break
+            open_domains = open_domains.take((~stuck).nonzero().flatten())
+            continue
+        count = min(settings.batch, len(open_domains))
+        order = torch.argsort(open_domains.worst)
+        parents = open_domains.take(order[:count])
+        rest = open_domains.take(order[count:])
+        children = search.bound_children(parents, time_left)
+        if children is None:
+            break
+        bounded += 2 * count
+        open_domains = _Domains.join([rest, children])
+    remaining = 0 if reason == "proved" else (len(open_domains) if open_domains is not None else 1)
+    return SearchResult(reason == "proved", bounded, remaining, time.perf_counter() - start, reason)
+
+
+class _Search:
+    """The fixed parts of one search: the case's box, rows, offsets and root intervals."""
+
+    def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
+                 settings: BranchSettings) -> None:
+        self.network, self.spec, self.case, self.settings = network, spec, case, settings
+        self.box = Interval(spec.box.lower[case:case + 1], spec.box.upper[case:case + 1])
+        rows = spec.matrix.shape[1]
+        self.coeffs = spec.matrix[case:case + 1].reshape(1, rows, *network.output_shape)
+        self.offset = spec.offset[case].to(network.dtype).to(network.device)
+        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
+        self.splits = split_nodes(network)
+        self.splittable = any(bool(((r.lower < 0) & (r.upper > 0)).any())
+                              for z, r in ((z, self.root[z]) for z in self.splits) if r is not None)
+        self.step_seconds = 0.0
+
+    def bound_children(self, parents: _Domains | None, time_left: Callable[[], float]) -> _Domains | None:
+        """Split each parent at its chosen neuron and bound the children (None: the root itself);
+        returns the children left open, or None when time ran out before the step could finish."""
+        if time_left() <= 1.5 * self.step_seconds:
+            return None
+        started = time.perf_counter()
+        if parents is None:
+            lower = {z: self.root[z].lower for z in self.splits}
+            upper = {z: self.root[z].upper for z in self.splits}
+            signs = {z: torch.zeros_like(lower[z]) for z in self.splits}
+            betas = {z: lower[z].new_zeros(1, self.coeffs.shape[1], *lower[z].shape[1:]) for z in self.splits}
+            refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
+        else:
+            lower, upper, signs = _split(parents)
+            betas = {z: torch.cat([b, b]) for z, b in parents.betas.items()}
+            refuted = np.concatenate([parents.refuted, parents.refuted])
+        children = self._bound(lower, upper, signs, betas, refuted)
+        self.step_seconds = time.perf_counter() - started
+        return children
+
+    def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains | None:
+        """Bound `domains` again, unsplit, with ten times the optimisation steps; those left open
+        (None: no time for it)."""
+        if time_left() <= 15 * self.step_seconds:
+            return None
+        return self._bound(domains.lower, domains.upper, domains.signs, domains.betas, domains.refuted,
+                           10 * self.settings.iterations)
+
+    def _bound(self, lower: dict[int, Tensor], upper: dict[int, Tensor], signs: dict[int, Tensor],
+               betas: dict[int, Tensor], refuted: np.ndarray, iterations: int | None = None) -> _Domains:
+        network, count = self.network, next(iter(lower.values())).shape[0]
+        box = Interval(self.box.lower.expand(count, *self.box.lower.shape[1:]),
+                       self.box.upper.expand(count, *self.box.upper.shape[1:]))
+        reference = [None if r is None else Interval(r.lower.expand(count, *r.lower.shape[1:]),
+                                                     r.upper.expand(count, *r.upper.shape[1:])) for r in self.root]
+        for z in self.splits:
+            reference[z] = Interval(lower[z], upper[z])
+        with torch.no_grad():
+            bounds = crown_bounds(network, box, reference=reference)
+        empty = torch.zeros(count, dtype=torch.bool, device=network.device)
+        for z in self.splits:
+            empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
+        coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
+        best, seen, betas = self._optimize(bounds, coeffs, signs, betas, refuted,
+                                           iterations or self.settings.iterations)
+        refuted = refuted | self.spec.case_refuted_rows(self.case, best.lower, best.magnitude, network.dtype)
+        proved = self.spec.case_proved(self.case, refuted) | empty.cpu().numpy()
+        keep = torch.from_numpy(~proved).to(network.device)
+        real_rows = self.spec.row_disjunct[self.case] >= 0
+        open_rows = torch.from_numpy(~refuted & real_rows).to(network.device)
+        gap = torch.where(open_rows, best.lower - self.offset, torch.inf).amin(1)
+        choice = self._choose(bounds, seen, open_rows)
+        domains = _Domains({z: bounds[z].lower.detach() for z in self.splits},
+                           {z: bounds[z].upper.detach() for z in self.splits}, signs, betas, refuted, gap, choice)
+        return domains.take(keep.nonzero().flatten())
+
+    def _optimize(self, bounds: list[Interval | None], coeffs: Tensor, signs: dict[int, Tensor],
+                  start: dict[int, Tensor], refuted: np.ndarray, iterations: int
+                  ) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor]]:
+        """The final sweep with its alpha and the split constraints' beta (from `start`)
+        optimised by Adam; the best bound of each row, the coefficients [N, m, *shape] that
+        reached each split rule's output in the last sweep, and the betas reached."""
+        network, settings = self.network, self.settings
+        alphas = AlphaStore()
+        split = [z for z in self.splits if bool(signs[z].any())]
+        betas = {z: start[z].clone().requires_grad_(True) for z in split}
+        outputs = {y: z for z, y in self.splits.items()}
+        seen: dict[int, Tensor] = {}
+
+        def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
+            if index in outputs:
+                seen[index] = densify(node_coeffs).detach()
+            if index in betas:
+                node_coeffs = densify(node_coeffs) + betas[index] * signs[index].unsqueeze(1)
+            return node_coeffs
+
+        best: LinearBound | None = None
+        optimizer = None
+        for step in range(iterations):
+            with torch.enable_grad():
+                final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit)
+            best = keep_best(best, final)
+            if step == iterations - 1:
+                break
+            done = self.spec.case_refuted_rows(self.case, best.lower, best.magnitude, network.dtype) | refuted
+            if self.spec.case_proved(self.case, done).all():
+                break
+            if optimizer is None:
+                parameters = alphas.parameters() + list(betas.values())
+                if not parameters:
+                    break
+                optimizer = Adam(parameters, settings.learning_rate, 0.98)
+            with torch.enable_grad():
+                open_rows = torch.from_numpy(~done).to(final.lower.device)
+                loss = -final.lower[open_rows & torch.isfinite(final.lower)].sum()
+                if not loss.requires_grad:
+                    break
+                loss.backward()
+            optimizer.step()
+            alphas.project()
+            with torch.no_grad():
+                for beta in betas.values():
+                    beta.clamp_(min=0)
+        kept = {z: betas[z].detach() if z in betas else start[z] for z in self.splits}
+        return best, seen, kept
+
+    def _choose(self, bounds: list[Interval | None], seen: dict[int, Tensor], open_rows: Tensor) -> Tensor:
+        """[N, 2] (split node, flat neuron) with the largest score per domain; (-1, -1) where no
+        neuron is unstable."""
+        count = open_rows.shape[0]
+        scores, intercepts, owners = [], [], []
+        for z, y in self.splits.items():
+            lower = bounds[z].lower.reshape(count, -1)
+            upper = bounds[z].upper.reshape(count, -1)
+            unstable = (lower < 0) & (upper > 0)
+            intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp(min=1e-30), -torch.inf)
+            if y in seen:
+                cost = (seen[y].reshape(count, seen[y].shape[1], -1).clamp(max=0).neg()
+                        * open_rows.unsqueeze(-1)).sum(1)
+                score = torch.where(unstable, cost * intercept, -torch.inf)
+            else:
+                score = torch.full_like(intercept, -torch.inf)
+            scores.append(score)
+            intercepts.append(intercept)
+            owners.append(torch.full((lower.shape[1],), z, dtype=torch.long, device=lower.device))
+        score, intercept, owner = torch.cat(scores, 1), torch.cat(intercepts, 1), torch.cat(owners)
+        # where no unstable neuron costs the open rows anything, split the widest relaxation
+        useful = score.amax(1, keepdim=True) > 0
+        pick = torch.where(useful, score, intercept).argmax(1)
+        starts = {}
+        offset = 0
+        for z in self.splits:
+            starts[z] = offset
+            offset += bounds[z].lower[0].numel()
+        node = owner[pick]
+        first = torch.tensor([starts[int(z)] for z in node.tolist()], dtype=torch.long, device=node.device)
+        choice = torch.stack([node, pick - first], 1)
+        none = ~torch.isfinite(intercept.gather(1, pick.unsqueeze(1)).squeeze(1))
+        return torch.where(none.unsqueeze(1), torch.full_like(choice, -1), choice)
+
+
+def _split(parents: _Domains) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor]]:
+    """Intervals and signs of the children: first every parent with its neuron <= 0, then >= 0."""
+    count = len(parents)
+    rows = torch.arange(count, device=parents.choice.device)
+    lower, upper, signs = {}, {}, {}
+    for z in parents.lower:
+        shape = parents.lower[z].shape
+        below_low = parents.lower[z].reshape(count, -1).clone()
+        below_up = parents.upper[z].reshape(count, -1).clone()
+        below_sign = parents.signs[z].reshape(count, -1).clone()
+        above_low, above_up, above_sign = below_low.clone(), below_up.clone(), below_sign.clone()
+        here = parents.choice[:, 0] == z
+        picked, neuron = rows[here], parents.choice[here, 1]
+        below_up[picked, neuron] = torch.clamp(below_up[picked, neuron], max=0)
+        below_sign[picked, neuron] = 1.0
+        above_low[picked, neuron] = torch.clamp(above_low[picked, neuron], min=0)
+        above_sign[picked, neuron] = -1.0
+        lower[z] = torch.cat([below_low, above_low]).reshape(2 * count, *shape[1:])
+        upper[z] = torch.cat([below_up, above_up]).reshape(2 * count, *shape[1:])
+        signs[z] = torch.cat([below_sign, above_sign]).reshape(2 * count, *shape[1:])
+    return lower, upper, signs
+
