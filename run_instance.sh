@@ -10,6 +10,11 @@ if [ -x "$here/.venv/bin/verify" ]; then verify=("$here/.venv/bin/verify")
 elif command -v verify >/dev/null; then verify=(verify)
 else verify=(env "PYTHONPATH=$here" python3 -m verifier.cli); fi
 rm -f "$results"
-"${verify[@]}" "$onnx" "$vnnlib" --family "$category" --timeout "$timeout" --results "$results"
+# prepare_instance.sh of the next instance stops this run if it is still alive (and nothing else)
+pidfile="${TMPDIR:-/tmp}/verifier-run-instance-$(id -u).pid"
+"${verify[@]}" "$onnx" "$vnnlib" --family "$category" --timeout "$timeout" --results "$results" &
+echo $! > "$pidfile"
+wait $!
+rm -f "$pidfile"
 if [ ! -s "$results" ]; then echo "error" > "$results"; fi
 exit 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,10 +13,24 @@ MODEL = str(EXAMPLES / "classifier.onnx")
 SAFE = str(EXAMPLES / "classifier_radius_0.02.vnnlib")
 
 
-def script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def script(name: str, *args: str, timeout: float = 120, tmp: str = "/tmp") -> subprocess.CompletedProcess:
     env_path = f"{sys.prefix}/bin"
     return subprocess.run(["bash", str(REPO / name), *args], capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": f"{env_path}:/usr/bin:/bin"})
+                          env={"PATH": f"{env_path}:/usr/bin:/bin", "TMPDIR": tmp})
+
+
+def test_prepare_instance_stops_the_stale_run_and_nothing_else(tmp_path):
+    sleeper = "import time; time.sleep(60)"
+    stale = subprocess.Popen([sys.executable, "-c", sleeper, "verifier.cli stale run"])
+    bystander = subprocess.Popen([sys.executable, "-c", sleeper, "verifier.cli suite (a batch run)"])
+    try:
+        (tmp_path / f"verifier-run-instance-{os.getuid()}.pid").write_text(f"{stale.pid}\n")
+        assert script("prepare_instance.sh", "v1", "test", MODEL, SAFE, tmp=str(tmp_path)).returncode == 0
+        assert stale.wait(timeout=10) == -9
+        assert bystander.poll() is None
+    finally:
+        stale.kill()
+        bystander.kill()
 
 
 def test_prepare_and_run_instance(tmp_path):

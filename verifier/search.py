@@ -32,12 +32,13 @@ from verifier.spec import Spec
 @dataclass(frozen=True)
 class BranchSettings:
     """Domains split per step (each gives two children, bounded in one batch), Adam steps on the
-    final sweep's alpha and beta per batch, and the most open domains kept before giving up."""
+    final sweep's alpha and beta per batch, and the memory (MiB) the open domains may take before
+    the search gives up."""
 
     batch: int = 64
     iterations: int = 10
     learning_rate: float = 0.1
-    max_domains: int = 20000
+    memory_mb: float = 2048.0
 
 
 @dataclass
@@ -99,16 +100,14 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
     search = _Search(network, spec, case, root, settings)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
-    open_domains = search.bound_children(None, time_left)
+    open_domains = search.bound_children(None)
     bounded = 1
     reason = "time"
     while True:
-        if open_domains is None:
-            break
         if len(open_domains) == 0:
             reason = "proved"
             break
-        if len(open_domains) > settings.max_domains:
+        if len(open_domains) > search.max_domains:
             reason = "too many domains"
             break
         stuck = open_domains.choice[:, 0] < 0
@@ -120,16 +119,14 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
                 break
             open_domains = open_domains.take((~stuck).nonzero().flatten())
             continue
-        count = min(settings.batch, len(open_domains))
-        order = torch.argsort(open_domains.worst)
-        parents = open_domains.take(order[:count])
-        rest = open_domains.take(order[count:])
-        children = search.bound_children(parents, time_left)
-        if children is None:
+        count = min(settings.batch, len(open_domains), search.affordable(time_left()))
+        if count == 0:
             break
+        order = torch.argsort(open_domains.worst)
+        children = search.bound_children(open_domains.take(order[:count]))
         bounded += 2 * count
-        open_domains = _Domains.join([rest, children])
-    remaining = 0 if reason == "proved" else (len(open_domains) if open_domains is not None else 1)
+        open_domains = _Domains.join([open_domains.take(order[count:]), children])
+    remaining = 0 if reason == "proved" else len(open_domains)
     return SearchResult(reason == "proved", bounded, remaining, time.perf_counter() - start, reason)
 
 
@@ -147,13 +144,19 @@ class _Search:
         self.splits = split_nodes(network)
         self.splittable = any(bool(((r.lower < 0) & (r.upper > 0)).any())
                               for z, r in ((z, self.root[z]) for z in self.splits) if r is not None)
-        self.step_seconds = 0.0
+        self.domain_seconds = 0.0  # wall time per domain bounded, from the last step
+        per_domain = sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows)
+        self.max_domains = int(settings.memory_mb * 2**20 / (per_domain * self.coeffs.element_size()))
 
-    def bound_children(self, parents: _Domains | None, time_left: Callable[[], float]) -> _Domains | None:
+    def affordable(self, seconds: float) -> int:
+        """How many parents a step may split so that it ends within `seconds` (with 50% to spare)."""
+        if self.domain_seconds == 0:
+            return self.settings.batch
+        return max(0, int(seconds / (1.5 * 2 * self.domain_seconds)))
+
+    def bound_children(self, parents: _Domains | None) -> _Domains:
         """Split each parent at its chosen neuron and bound the children (None: the root itself);
-        returns the children left open, or None when time ran out before the step could finish."""
-        if time_left() <= 1.5 * self.step_seconds:
-            return None
+        returns the children left open."""
         started = time.perf_counter()
         if parents is None:
             lower = {z: self.root[z].lower for z in self.splits}
@@ -166,13 +169,13 @@ class _Search:
             betas = {z: torch.cat([b, b]) for z, b in parents.betas.items()}
             refuted = np.concatenate([parents.refuted, parents.refuted])
         children = self._bound(lower, upper, signs, betas, refuted)
-        self.step_seconds = time.perf_counter() - started
+        self.domain_seconds = (time.perf_counter() - started) / (1 if parents is None else 2 * len(parents))
         return children
 
     def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains | None:
         """Bound `domains` again, unsplit, with ten times the optimisation steps; those left open
         (None: no time for it)."""
-        if time_left() <= 15 * self.step_seconds:
+        if time_left() <= 15 * len(domains) * self.domain_seconds:
             return None
         return self._bound(domains.lower, domains.upper, domains.signs, domains.betas, domains.refuted,
                            10 * self.settings.iterations)
