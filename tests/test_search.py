@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import shared_or_skip
 from tests.graphs import GraphWriter
+from verifier import search
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.patches import densify
@@ -146,3 +147,24 @@ def test_mnistfc_proof_and_refusal(mnist_256x2, prop, verdict):
     deadline = time.monotonic() + 15
     result = branch_and_bound(network, spec, 0, alpha.intervals, BranchSettings(), lambda: deadline - time.monotonic())
     assert result.proved == (verdict == "unsat"), result
+
+
+def test_the_check_catches_split_terms_of_the_wrong_sign(monkeypatch):
+    """With each child's constraint sign flipped (beta terms >= 0 on the sub-domain), some
+    violated property gets 'proved': the test above can fail."""
+    original = search._split
+
+    def flipped(parents):
+        lower, upper, signs = original(parents)
+        return lower, upper, {z: -s for z, s in signs.items()}
+
+    monkeypatch.setattr(search, "_split", flipped)
+    wrong = 0
+    for seed in range(6):
+        network = relu_network(seed, width=12)
+        spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+        crown = prove(network, spec, "crown")
+        stop = time.monotonic() + 6
+        wrong += branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                                  lambda stop=stop: stop - time.monotonic()).proved
+    assert wrong > 0
