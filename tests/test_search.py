@@ -112,8 +112,9 @@ def test_split_terms_are_sound_on_their_sub_domain(seed):
     assert bool((bound.lower[0] <= rows.min(0).values + 1e-9).all())
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed):
+@pytest.mark.parametrize("on", ["relu", "input"])
+@pytest.mark.parametrize("seed", range(4))
+def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed, on):
     """Just above the least output found, the property is violated and must stay unproved; 30% of
     the way from there down to CROWN's bound, CROWN fails and branch and bound proves it."""
     network = relu_network(seed, width=12)
@@ -125,9 +126,9 @@ def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed):
         spec = spec_below(threshold, -0.5, 0.5, 2)
         crown = prove(network, spec, "crown")
         assert not crown.all_proved
-        stop = time.monotonic() + (20 if provable else 6)
+        stop = time.monotonic() + (20 if provable else 4)
         result = branch_and_bound(network, spec, 0, crown.intervals, settings,
-                                  lambda stop=stop: stop - time.monotonic())
+                                  lambda stop=stop: stop - time.monotonic(), on)
         assert result.proved == provable, (threshold, smallest, result)
 
 
@@ -144,9 +145,21 @@ def test_mnistfc_proof_and_refusal(mnist_256x2, prop, verdict):
     spec = Spec.build(parse_file(str(root / f"{prop}.vnnlib")), network.input_shape, network.dtype)
     alpha = prove(network, spec, "alpha-crown")
     assert not alpha.all_proved
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + (15 if verdict == "unsat" else 6)
     result = branch_and_bound(network, spec, 0, alpha.intervals, BranchSettings(), lambda: deadline - time.monotonic())
     assert result.proved == (verdict == "unsat"), result
+
+
+def _wrong_proofs(on: str) -> int:
+    wrong = 0
+    for seed in range(6):
+        network = relu_network(seed, width=12)
+        spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+        crown = prove(network, spec, "crown")
+        stop = time.monotonic() + 4
+        wrong += branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                                  lambda stop=stop: stop - time.monotonic(), on).proved
+    return wrong
 
 
 def test_the_check_catches_split_terms_of_the_wrong_sign(monkeypatch):
@@ -159,12 +172,16 @@ def test_the_check_catches_split_terms_of_the_wrong_sign(monkeypatch):
         return lower, upper, {z: -s for z, s in signs.items()}
 
     monkeypatch.setattr(search, "_split", flipped)
-    wrong = 0
-    for seed in range(6):
-        network = relu_network(seed, width=12)
-        spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
-        crown = prove(network, spec, "crown")
-        stop = time.monotonic() + 6
-        wrong += branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
-                                  lambda stop=stop: stop - time.monotonic()).proved
-    assert wrong > 0
+    assert _wrong_proofs("relu") > 0
+
+
+def test_the_check_catches_halves_that_miss_part_of_the_box(monkeypatch):
+    original = search._halve
+
+    def lower_halves_twice(parents):
+        lower, upper = original(parents)
+        count = len(parents)
+        return torch.cat([lower[:count], lower[:count]]), torch.cat([upper[:count], upper[:count]])
+
+    monkeypatch.setattr(search, "_halve", lower_halves_twice)
+    assert _wrong_proofs("input") > 0

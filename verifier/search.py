@@ -1,7 +1,10 @@
-"""Branch and bound: split unstable neurons of rules linear on each side of 0 (ReLU) until every
-sub-domain of an input box is proved.
+"""Branch and bound: split the input box into sub-domains until every one is proved.
 
-A sub-domain is the input box with some neurons' pre-activations assumed >= 0 or <= 0. Its bound
+Two ways to split. ReLU splitting (most models) splits unstable neurons of rules linear on each
+side of 0; input splitting (models with a handful of inputs) halves boxes along one input, and
+each half is bounded by CROWN afresh (its intervals tighten as the box shrinks).
+
+In ReLU splitting a sub-domain is the input box with some neurons' pre-activations assumed >= 0 or <= 0. Its bound
 is sound because every piece is: the intervals of its split neurons are clamped at 0 (true on the
 sub-domain), later intervals are recomputed by CROWN from them, and the split constraints
 `s z <= 0` enter the final sweep as Lagrangian terms `beta s z` with beta >= 0 (beta-CROWN, Wang et
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds
+from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_concretize
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
@@ -93,11 +96,12 @@ def split_nodes(network: Network) -> dict[int, int]:
 
 
 def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
-                     settings: BranchSettings, time_left: Callable[[], float]) -> SearchResult:
-    """Prove case `case` of the spec by splitting, starting from intervals `root` ([B, ...], all
-    cases) that hold on its box; stops when `time_left()` (seconds) would run out."""
+                     settings: BranchSettings, time_left: Callable[[], float], on: str = "relu") -> SearchResult:
+    """Prove case `case` of the spec by splitting ReLUs (`on="relu"`) or the input box (`"input"`),
+    starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
+    `time_left()` (seconds) would run out."""
     start = time.perf_counter()
-    search = _Search(network, spec, case, root, settings)
+    search = _Search(network, spec, case, root, settings) if on == "relu" else _BoxSearch(network, spec, case, settings)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
     open_domains = search.bound_children(None)
@@ -130,29 +134,48 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
     return SearchResult(reason == "proved", bounded, remaining, time.perf_counter() - start, reason)
 
 
-class _Search:
-    """The fixed parts of one search: the case's box, rows, offsets and root intervals."""
+class _Case:
+    """The fixed parts of one search: the case's box, rows and offsets, and the step timing."""
 
-    def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
-                 settings: BranchSettings) -> None:
+    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings) -> None:
         self.network, self.spec, self.case, self.settings = network, spec, case, settings
         self.box = Interval(spec.box.lower[case:case + 1], spec.box.upper[case:case + 1])
         rows = spec.matrix.shape[1]
         self.coeffs = spec.matrix[case:case + 1].reshape(1, rows, *network.output_shape)
         self.offset = spec.offset[case].to(network.dtype).to(network.device)
-        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
-        self.splits = split_nodes(network)
-        self.splittable = any(bool(((r.lower < 0) & (r.upper > 0)).any())
-                              for z, r in ((z, self.root[z]) for z in self.splits) if r is not None)
+        self.real_rows = spec.row_disjunct[case] >= 0
         self.domain_seconds = 0.0  # wall time per domain bounded, from the last step
-        per_domain = sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows)
-        self.max_domains = int(settings.memory_mb * 2**20 / (per_domain * self.coeffs.element_size()))
+        self.max_domains = 0
 
     def affordable(self, seconds: float) -> int:
         """How many parents a step may split so that it ends within `seconds` (with 50% to spare)."""
         if self.domain_seconds == 0:
             return self.settings.batch
         return max(0, int(seconds / (1.5 * 2 * self.domain_seconds)))
+
+    def _outcome(self, best: LinearBound, refuted: np.ndarray) -> tuple[np.ndarray, np.ndarray, Tensor, Tensor]:
+        """Rows refuted so far [N, m], proved domains [N], open rows [N, m] (device) and the
+        lowest (bound - offset) of the open rows [N]."""
+        refuted = refuted | self.spec.case_refuted_rows(self.case, best.lower, best.magnitude, self.network.dtype)
+        proved = self.spec.case_proved(self.case, refuted)
+        open_rows = torch.from_numpy(~refuted & self.real_rows).to(self.network.device)
+        gap = torch.where(open_rows, best.lower - self.offset, torch.inf).amin(1)
+        return refuted, proved, open_rows, gap
+
+
+class _Search(_Case):
+    """ReLU splitting: the root intervals, and the nodes split."""
+
+    def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
+                 settings: BranchSettings) -> None:
+        super().__init__(network, spec, case, settings)
+        rows = self.coeffs.shape[1]
+        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
+        self.splits = split_nodes(network)
+        self.splittable = any(bool(((r.lower < 0) & (r.upper > 0)).any())
+                              for z, r in ((z, self.root[z]) for z in self.splits) if r is not None)
+        per_domain = sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows)
+        self.max_domains = int(settings.memory_mb * 2**20 / (max(1, per_domain) * self.coeffs.element_size()))
 
     def bound_children(self, parents: _Domains | None) -> _Domains:
         """Split each parent at its chosen neuron and bound the children (None: the root itself);
@@ -197,12 +220,8 @@ class _Search:
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
         best, seen, betas = self._optimize(bounds, coeffs, signs, betas, refuted,
                                            iterations or self.settings.iterations)
-        refuted = refuted | self.spec.case_refuted_rows(self.case, best.lower, best.magnitude, network.dtype)
-        proved = self.spec.case_proved(self.case, refuted) | empty.cpu().numpy()
-        keep = torch.from_numpy(~proved).to(network.device)
-        real_rows = self.spec.row_disjunct[self.case] >= 0
-        open_rows = torch.from_numpy(~refuted & real_rows).to(network.device)
-        gap = torch.where(open_rows, best.lower - self.offset, torch.inf).amin(1)
+        refuted, proved, open_rows, gap = self._outcome(best, refuted)
+        keep = torch.from_numpy(~(proved | empty.cpu().numpy())).to(network.device)
         choice = self._choose(bounds, seen, open_rows)
         domains = _Domains({z: bounds[z].lower.detach() for z in self.splits},
                            {z: bounds[z].upper.detach() for z in self.splits}, signs, betas, refuted, gap, choice)
@@ -291,6 +310,71 @@ class _Search:
         choice = torch.stack([node, pick - first], 1)
         none = ~torch.isfinite(intercept.gather(1, pick.unsqueeze(1)).squeeze(1))
         return torch.where(none.unsqueeze(1), torch.full_like(choice, -1), choice)
+
+
+class _BoxSearch(_Case):
+    """Input splitting, for models with few inputs: a domain is a sub-box, bounded by CROWN and
+    halved along the input whose coefficient in the open rows times its width is largest."""
+
+    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings) -> None:
+        super().__init__(network, spec, case, settings)
+        self.splittable = True
+        per_domain = 2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1]
+        self.max_domains = int(settings.memory_mb * 2**20 / (per_domain * self.coeffs.element_size()))
+
+    def bound_children(self, parents: _Domains | None) -> _Domains:
+        started = time.perf_counter()
+        if parents is None:
+            lower, upper = self.box.lower, self.box.upper
+            refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
+        else:
+            lower, upper = _halve(parents)
+            refuted = np.concatenate([parents.refuted, parents.refuted])
+        children = self._bound(lower, upper, refuted)
+        self.domain_seconds = (time.perf_counter() - started) / lower.shape[0]
+        return children
+
+    def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains:
+        return domains  # a box of zero width bounds no better a second time
+
+    def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray) -> _Domains:
+        network, count = self.network, lower.shape[0]
+        seen: dict[int, Tensor] = {}
+
+        def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
+            if index == 0:
+                seen[0] = densify(node_coeffs)
+            return node_coeffs
+
+        coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
+        with torch.no_grad():
+            bounds = crown_bounds(network, Interval(lower, upper))
+            best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit),
+                             interval_concretize(coeffs, bounds[network.output]))
+        refuted, proved, open_rows, gap = self._outcome(best, refuted)
+        width = (upper - lower).reshape(count, -1)
+        weight = (seen[0].reshape(count, coeffs.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
+        score = torch.where((weight * width).amax(1, keepdim=True) > 0, weight * width, width)
+        pick = score.argmax(1)
+        node = torch.where(width.amax(1) > 0, 0, -1)
+        choice = torch.stack([node, torch.where(node < 0, -1, pick)], 1)
+        domains = _Domains({0: lower}, {0: upper}, {}, {}, refuted, gap, choice)
+        return domains.take(torch.from_numpy(~proved).to(network.device).nonzero().flatten())
+
+
+def _halve(parents: _Domains) -> tuple[Tensor, Tensor]:
+    """The two halves of every parent box along its chosen input: lower halves first."""
+    count = len(parents)
+    rows = torch.arange(count, device=parents.choice.device)
+    dim = parents.choice[:, 1]
+    low, high = parents.lower[0].reshape(count, -1), parents.upper[0].reshape(count, -1)
+    middle = (low[rows, dim] + high[rows, dim]) / 2
+    first_high, second_low = high.clone(), low.clone()
+    first_high[rows, dim] = middle
+    second_low[rows, dim] = middle
+    shape = parents.lower[0].shape[1:]
+    return (torch.cat([low, second_low]).reshape(2 * count, *shape),
+            torch.cat([first_high, high]).reshape(2 * count, *shape))
 
 
 def _split(parents: _Domains) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor]]:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 # The methods of verifier.prove, named here so that the batch runner reads settings without torch.
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
+# What branch and bound splits after the bound pass: unstable ReLUs, the input box, or nothing.
+BRANCHING = ("relu", "input", "none")
 
 FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
 
@@ -37,7 +39,7 @@ class Settings:
     alpha_decay: float = 0.98
     alpha_intermediate: bool = True
     alpha_intermediate_memory_mb: float = 3072.0
-    branch_and_bound: bool = True
+    branching: str = "relu"
     branch_batch: int = 64
     branch_iterations: int = 10
 
@@ -74,8 +76,7 @@ def load_settings(family: str | None, path: Path = FAMILIES_FILE) -> Settings:
         if unknown:
             raise UserError(str(path), f"unknown setting(s) for '{name}': {', '.join(sorted(unknown))}")
         settings = replace(settings, **entry)
-    if settings.bound_method not in BOUND_METHODS:
-        raise UserError(str(path), f"bound_method must be one of {', '.join(BOUND_METHODS)}")
+    _validate(settings, str(path))
     return settings
 
 
@@ -89,6 +90,12 @@ def override(settings: Settings, assignments: list[str]) -> Settings:
             raise UserError("--set", f"'{assignment}' is not KEY=VALUE with KEY one of {', '.join(known)}")
         changes[key] = yaml.safe_load(text)
     settings = replace(settings, **changes)
-    if settings.bound_method not in BOUND_METHODS:
-        raise UserError("--set", f"bound_method must be one of {', '.join(BOUND_METHODS)}")
+    _validate(settings, "--set")
     return settings
+
+
+def _validate(settings: Settings, source: str) -> None:
+    if settings.bound_method not in BOUND_METHODS:
+        raise UserError(source, f"bound_method must be one of {', '.join(BOUND_METHODS)}")
+    if settings.branching not in BRANCHING:
+        raise UserError(source, f"branching must be one of {', '.join(BRANCHING)}")

@@ -88,7 +88,7 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 
-    if settings.branch_and_bound and proof.intervals is not None and not deadline.expired() \
+    if settings.branching != "none" and proof.intervals is not None and not deadline.expired() \
             and _branch(network, spec, proof, settings, deadline, timings, log):
         return Outcome("unsat", decided_by="branch and bound", timings=timings)
 
@@ -108,7 +108,8 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, dead
     start = deadline.elapsed()
     try:
         for case in easiest_first:
-            result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch(), deadline.remaining)
+            result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch(), deadline.remaining,
+                                      settings.branching)
             log(f"branch and bound, box {case}: {result.reason} after {result.domains_bounded} domain(s), "
                 f"{result.open_domains} open, {result.seconds:.2f}s")
             if not result.proved:
