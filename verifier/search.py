@@ -172,8 +172,7 @@ class _Search(_Case):
         rows = self.coeffs.shape[1]
         self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
-        self.splittable = any(bool(((r.lower < 0) & (r.upper > 0)).any())
-                              for z, r in ((z, self.root[z]) for z in self.splits) if r is not None)
+        self.splittable = any(bool(((self.root[z].lower < 0) & (self.root[z].upper > 0)).any()) for z in self.splits)
         per_domain = sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows)
         self.max_domains = int(settings.memory_mb * 2**20 / (max(1, per_domain) * self.coeffs.element_size()))
 
@@ -213,7 +212,8 @@ class _Search(_Case):
         for z in self.splits:
             reference[z] = Interval(lower[z], upper[z])
         with torch.no_grad():
-            bounds = crown_bounds(network, box, reference=reference)
+            import os
+            bounds = crown_bounds(network, box, reference=reference, refine=os.environ.get("NOREFINE") is None)
         empty = torch.zeros(count, dtype=torch.bool, device=network.device)
         for z in self.splits:
             empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
