@@ -94,7 +94,7 @@ def test_split_terms_are_sound_on_their_sub_domain(seed):
         held = (values[z].reshape(points.shape[0], -1) * sign) <= 0
         inside &= held.all(1)
     assert inside.any()
-    bounds = crown_bounds(network, box, reference=reference)
+    bounds = crown_bounds(network, box, reference=reference, refine=seed % 2 == 0)
     alphas = AlphaStore()
     coeffs = torch.randn(1, 4, *network.output_shape, generator=generator, dtype=torch.float64)
     betas = {z: torch.rand(1, 4, *s.shape[1:], generator=generator, dtype=torch.float64) * 3 for z, s in signs.items()}

@@ -190,15 +190,16 @@ def relevant_neurons(network: Network, index: int, bounds: Interval) -> Tensor |
 
 
 def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = None,
-                 reference: list[Interval | None] | None = None) -> list[Interval | None]:
+                 reference: list[Interval | None] | None = None, refine: bool = True) -> list[Interval | None]:
     """Intervals for every node: IBP from the bounds so far, and CROWN on the neurons that a
     relaxation needs and IBP leaves unstable (as the published algorithm's sparse mode does).
 
     For alpha-CROWN, `alphas` holds the free relaxation parameters of every sweep (the refined
     neurons are fixed at the first call) and `reference` the best intervals found so far, which
-    tighten the new ones (their gradient still flows through the new ones).
+    tighten the new ones (their gradient still flows through the new ones). With `refine` False no
+    node is refined: IBP through the reference intervals.
     """
-    needed = nodes_to_refine(network)
+    needed = nodes_to_refine(network) if refine else set()
     bounds: list[Interval | None] = [box]
     for index, node in enumerate(network.nodes[1:], start=1):
         rule = network.rules[node.rule]
