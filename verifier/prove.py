@@ -74,11 +74,14 @@ def tightest(bounds: list[LinearBound]) -> LinearBound:
 
 
 def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
-          time_left: Callable[[], float] | None = None) -> Proof:
-    """Bound the property with `method`; re-check close rows in float64."""
+          time_left: Callable[[], float] | None = None, keep_intervals: bool = True) -> Proof:
+    """Bound the property with `method`; re-check close rows in float64. The node intervals are
+    kept in the result only with `keep_intervals` (on large models they take gigabytes)."""
     start = time.perf_counter()
     with torch.no_grad():
         bound, intervals = spec_bound(network, spec, method, alpha, time_left)
+    if not keep_intervals:
+        intervals = None  # before a float64 re-check needs the memory
     refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
     proved = spec.proved_cases(refuted)
     lower = bound.lower.double().cpu().numpy()

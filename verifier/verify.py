@@ -78,17 +78,19 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
 
     # CROWN, then (when the family asks for it) its optimised form
     stages = {"ibp": [], "crown": ["crown"], "alpha-crown": ["crown", "alpha-crown"]}[settings.bound_method]
+    branching = settings.branching != "none"
     for method in stages:
         if deadline.expired():
             break
-        proof = prove(network, spec, method, settings.alpha(), deadline.remaining)
+        proof = None  # frees the last stage's intervals before this stage needs the memory
+        proof = prove(network, spec, method, settings.alpha(), deadline.remaining, keep_intervals=branching)
         timings[method] = proof.seconds
         log(f"{method}: {int(proof.proved.sum())}/{spec.cases} boxes proved in {proof.seconds:.3f}s"
             f"{' (float64 re-check)' if proof.rechecked else ''}")
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 
-    if settings.branching != "none" and proof.intervals is not None and not deadline.expired() \
+    if branching and proof.intervals is not None and not deadline.expired() \
             and _branch(network, spec, proof, settings, deadline, timings, log):
         return Outcome("unsat", decided_by="branch and bound", timings=timings)
 
