@@ -185,3 +185,13 @@ def test_the_check_catches_halves_that_miss_part_of_the_box(monkeypatch):
 
     monkeypatch.setattr(search, "_halve", lower_halves_twice)
     assert _wrong_proofs("input") > 0
+
+
+def test_without_a_time_limit_the_search_runs_to_its_end():
+    network = relu_network(1, width=12)
+    smallest = smallest_output(network, -0.5, 0.5, 2)
+    spec = spec_below(smallest - 0.05, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    for on in ("relu", "input"):
+        result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16), lambda: float("inf"), on)
+        assert result.reason in ("proved", "no split left", "too many domains"), result

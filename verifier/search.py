@@ -150,9 +150,9 @@ class _Case:
 
     def affordable(self, seconds: float) -> int:
         """How many parents a step may split so that it ends within `seconds` (with 50% to spare)."""
-        if self.domain_seconds == 0:
+        if self.domain_seconds == 0 or seconds == float("inf"):
             return self.settings.batch
-        return max(0, int(seconds / (1.5 * 2 * self.domain_seconds)))
+        return max(0, int(min(seconds / (1.5 * 2 * self.domain_seconds), self.settings.batch)))
 
     def _outcome(self, best: LinearBound, refuted: np.ndarray) -> tuple[np.ndarray, np.ndarray, Tensor, Tensor]:
         """Rows refuted so far [N, m], proved domains [N], open rows [N, m] (device) and the
