@@ -146,7 +146,10 @@ class _Case:
         self.offset = spec.offset[case].to(network.dtype).to(network.device)
         self.real_rows = spec.row_disjunct[case] >= 0
         self.domain_seconds = 0.0  # wall time per domain bounded, from the last step
-        self.max_domains = 0
+
+    def _domain_cap(self, elements_per_domain: int) -> int:
+        """How many open domains of this many stored elements fit `settings.memory_mb`."""
+        return int(self.settings.memory_mb * 2**20 / (max(1, elements_per_domain) * self.coeffs.element_size()))
 
     def affordable(self, seconds: float) -> int:
         """How many parents a step may split so that it ends within `seconds` (with 50% to spare)."""
@@ -174,8 +177,7 @@ class _Search(_Case):
         self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
         self.splittable = any(bool(((self.root[z].lower < 0) & (self.root[z].upper > 0)).any()) for z in self.splits)
-        per_domain = sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows)
-        self.max_domains = int(settings.memory_mb * 2**20 / (max(1, per_domain) * self.coeffs.element_size()))
+        self.max_domains = self._domain_cap(sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows))
 
     def bound_children(self, parents: _Domains | None) -> _Domains:
         """Split each parent at its chosen neuron and bound the children (None: the root itself);
@@ -283,7 +285,7 @@ class _Search(_Case):
         """[N, 2] (split node, flat neuron) with the largest score per domain; (-1, -1) where no
         neuron is unstable."""
         count = open_rows.shape[0]
-        scores, intercepts, owners = [], [], []
+        scores, intercepts, owners, neurons = [], [], [], []
         for z, y in self.splits.items():
             lower = bounds[z].lower.reshape(count, -1)
             upper = bounds[z].upper.reshape(count, -1)
@@ -298,18 +300,12 @@ class _Search(_Case):
             scores.append(score)
             intercepts.append(intercept)
             owners.append(torch.full((lower.shape[1],), z, dtype=torch.long, device=lower.device))
-        score, intercept, owner = torch.cat(scores, 1), torch.cat(intercepts, 1), torch.cat(owners)
+            neurons.append(torch.arange(lower.shape[1], device=lower.device))
+        score, intercept = torch.cat(scores, 1), torch.cat(intercepts, 1)
         # where no unstable neuron costs the open rows anything, split the widest relaxation
         useful = score.amax(1, keepdim=True) > 0
         pick = torch.where(useful, score, intercept).argmax(1)
-        starts = {}
-        offset = 0
-        for z in self.splits:
-            starts[z] = offset
-            offset += bounds[z].lower[0].numel()
-        node = owner[pick]
-        first = torch.tensor([starts[int(z)] for z in node.tolist()], dtype=torch.long, device=node.device)
-        choice = torch.stack([node, pick - first], 1)
+        choice = torch.stack([torch.cat(owners)[pick], torch.cat(neurons)[pick]], 1)
         none = ~torch.isfinite(intercept.gather(1, pick.unsqueeze(1)).squeeze(1))
         return torch.where(none.unsqueeze(1), torch.full_like(choice, -1), choice)
 
@@ -321,8 +317,7 @@ class _BoxSearch(_Case):
     def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings) -> None:
         super().__init__(network, spec, case, settings)
         self.splittable = True
-        per_domain = 2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1]
-        self.max_domains = int(settings.memory_mb * 2**20 / (per_domain * self.coeffs.element_size()))
+        self.max_domains = self._domain_cap(2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1])
 
     def bound_children(self, parents: _Domains | None) -> _Domains:
         started = time.perf_counter()
