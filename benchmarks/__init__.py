@@ -1,1 +1,1 @@
-"""Benchmark tooling: per-family settings (families.yaml), the suite runner, scoring and performance scripts."""
+"""Benchmark tooling (installed as verifier.benchmarks): the suite runner, scoring and performance scripts."""

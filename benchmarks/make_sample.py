@@ -1,6 +1,6 @@
 """Write benchmarks/sample.csv: every k-th instance of each 2021 suite, k = ceil(rows / 10).
 
-    python -m benchmarks.make_sample
+    python -m verifier.benchmarks.make_sample
 
 The sample is the fixed set that issues compare against; regenerate it only on purpose.
 """
@@ -11,8 +11,8 @@ import csv
 import math
 from pathlib import Path
 
-from benchmarks.instances import find_suite_csv, read_suite
-from benchmarks.paths import suites_root
+from verifier.benchmarks.instances import find_suite_csv, read_suite
+from verifier.benchmarks.paths import suites_root
 
 PER_SUITE = 10
 SAMPLE = Path(__file__).resolve().parent / "sample.csv"

@@ -1,6 +1,6 @@
 """Bound-engine performance on every shared model: IBP, CROWN and alpha-CROWN times, memory, tightness.
 
-    python -m benchmarks.perf_bounds [--repeat N] [--out FILE.md] [--only SUBSTRING] [--threads T]
+    python -m verifier.benchmarks.perf_bounds [--repeat N] [--out FILE.md] [--only SUBSTRING] [--threads T]
                                      [--alpha-iterations K] [--model-limit S]
 
 For each model (the first property listed for it in its suite's instances CSV, first input box)
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.paths import shared_root
+from verifier.benchmarks.paths import shared_root
 
 
 def model_property_pairs(root: Path) -> list[tuple[Path, Path]]:
@@ -41,6 +41,7 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int, alph
     import resource
 
     import torch
+    from verifier.vnnlib import parse_file
 
     from verifier.bounds.core import Interval
     from verifier.bounds.optimize import AlphaSettings, intermediate_fits
@@ -48,7 +49,6 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int, alph
     from verifier.load import load_model
     from verifier.report import raw_output_bounds
     from verifier.spec import Spec
-    from vnnlib import parse_file
 
     torch.set_num_threads(threads)
     model = load_model(model_path)
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             name = str(model.relative_to(shared_root() / "benchmarks"))
             try:
-                done = subprocess.run([sys.executable, "-m", "benchmarks.perf_bounds", "--one", str(model), str(prop),
-                                       "--repeat", str(args.repeat), "--threads", str(args.threads),
+                done = subprocess.run([sys.executable, "-m", "verifier.benchmarks.perf_bounds", "--one", str(model),
+                                       str(prop), "--repeat", str(args.repeat), "--threads", str(args.threads),
                                        "--alpha-iterations", str(args.alpha_iterations)],
                                       capture_output=True, text=True, timeout=args.model_limit)
             except subprocess.TimeoutExpired:

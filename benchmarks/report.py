@@ -9,9 +9,9 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from verifier.benchmarks.results import COUNTEREXAMPLES, RESULTS_CSV, read_rows, row_key
+from verifier.benchmarks.scoring import COLUMNS, Tally, Truth, judge_row, tally
 
-from benchmarks.results import COUNTEREXAMPLES, RESULTS_CSV, read_rows, row_key
-from benchmarks.scoring import COLUMNS, Tally, Truth, judge_row, tally
 from verifier.errors import UserError
 
 HEADER = ("suite", "instances", *COLUMNS, "points", "median s")
@@ -116,7 +116,7 @@ def show(scored: list[Scored], truth: dict[tuple[str, str, str], Truth], rules: 
 
 def plot_runs(scored: list[Scored], path: Path) -> None:
     """One cactus line per folder; folder names that repeat are told apart by their full paths."""
-    from benchmarks.plot import cactus_plot, solved_times  # matplotlib takes a while to import
+    from verifier.benchmarks.plot import cactus_plot, solved_times  # matplotlib takes a while to import
 
     names = [one.name for one in scored]
     runs = {(one.name if names.count(one.name) == 1 else str(one.folder)): solved_times(one.rows, one.judgements)

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.instances import Instance, normalize
+from verifier.benchmarks.instances import Instance, normalize
+
 from verifier.errors import UserError
 
 FIELDS = ("suite", "onnx", "vnnlib", "timeout", "verdict", "seconds", "counterexample", "check", "note",

@@ -19,9 +19,9 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from benchmarks.instances import Instance
-from benchmarks.progress import VERDICTS, Display, ProgressState
-from benchmarks.results import (
+from verifier.benchmarks.instances import Instance
+from verifier.benchmarks.progress import VERDICTS, Display, ProgressState
+from verifier.benchmarks.results import (
     ResultsStore,
     Writer,
     counterexample_name,
@@ -30,10 +30,10 @@ from benchmarks.results import (
     write_all,
     write_text_atomic,
 )
-from benchmarks.scoring import Truth, judge, judge_row
-from benchmarks.workers import WORKERS_LOG, Reply, Worker, child_environment
+from verifier.benchmarks.scoring import Truth, judge, judge_row
+from verifier.benchmarks.workers import WORKERS_LOG, Reply, Worker, child_environment
 
-REAL_VERIFIER = "benchmarks.worker_main:real_verifier"
+REAL_VERIFIER = "verifier.benchmarks.worker_main:real_verifier"
 CHECK_SECONDS = 600.0
 
 

@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.instances import normalize
-from benchmarks.results import row_key
+from verifier.benchmarks.instances import normalize
+from verifier.benchmarks.results import row_key
+
 from verifier.errors import UserError
 
 POINTS = {"correct": 10, "wrong": -100}

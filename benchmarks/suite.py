@@ -15,15 +15,15 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from verifier.benchmarks.instances import collect
+from verifier.benchmarks.paths import groundtruth_root, suites_root
+from verifier.benchmarks.progress import make_display
+from verifier.benchmarks.report import plot_runs, score_folder, score_rows, show, summary_markdown
+from verifier.benchmarks.results import RESULTS_CSV, ResultsStore
+from verifier.benchmarks.runner import Hooks, RunOptions, SuiteRun, family_settings
+from verifier.benchmarks.scoring import Truth, load_truth
+from verifier.benchmarks.workers import WorkerStartError
 
-from benchmarks.instances import collect
-from benchmarks.paths import groundtruth_root, suites_root
-from benchmarks.progress import make_display
-from benchmarks.report import plot_runs, score_folder, score_rows, show, summary_markdown
-from benchmarks.results import RESULTS_CSV, ResultsStore
-from benchmarks.runner import Hooks, RunOptions, SuiteRun, family_settings
-from benchmarks.scoring import Truth, load_truth
-from benchmarks.workers import WorkerStartError
 from verifier.errors import UserError
 
 SUMMARY = "summary.md"
@@ -54,7 +54,7 @@ def suite_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="results/run", help="results folder (default results/run)")
     parser.add_argument("--resume", action="store_true", help="keep the folder's results; run only what is missing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a family setting (benchmarks/families.yaml) for every suite")
+                        help="override a family setting (verifier/families.yaml) for every suite")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     _truth_option(parser)

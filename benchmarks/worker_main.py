@@ -1,6 +1,6 @@
 """Inside a worker process: import the verifier once, then answer tasks until stdin closes.
 
-    python -m benchmarks.worker_main MODULE:FACTORY
+    python -m verifier.benchmarks.worker_main MODULE:FACTORY
 
 Protocol, one JSON object per line: the worker first sends {"ready": true}; then, for each task
 read from stdin ({"onnx", "vnnlib", "timeout", "settings", "device", "seed", "threads"}), it sends
@@ -81,8 +81,9 @@ def _first_line(error: BaseException) -> str:
 
 def answer(verify: VerifyFunction, task: Task) -> dict[str, Any]:
     """The reply to one task; failures become `error` with a one-line note."""
+    from verifier.vnnlib import VnnlibError
+
     from verifier.errors import UserError
-    from vnnlib import VnnlibError
 
     try:
         verdict, counterexample = verify(task)

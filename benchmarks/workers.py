@@ -60,7 +60,7 @@ class Worker:
     """One long-lived worker process running the verify function named by `factory`."""
 
     def __init__(self, factory: str, log: IO[str], start_seconds: float = START_SECONDS) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.worker_main", factory],
+        self.process = subprocess.Popen([sys.executable, "-m", "verifier.benchmarks.worker_main", factory],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                         env=child_environment())
         ready, _, _ = select.select([self.process.stdout], [], [], start_seconds)

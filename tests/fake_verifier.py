@@ -66,7 +66,7 @@ def check(model: str, prop: str, counterexample: str) -> int:
 
 def split_writes(pause: float):
     """A row writer that stops between the two halves of each row, so that kills land mid-row."""
-    from benchmarks.results import write_all
+    from verifier.benchmarks.results import write_all
 
     def write(fd: int, data: bytes) -> None:
         write_all(fd, data[: len(data) // 2])
@@ -77,7 +77,7 @@ def split_writes(pause: float):
 
 
 def hooks(pause: float = 0.0):
-    from benchmarks.runner import Hooks
+    from verifier.benchmarks.runner import Hooks
 
     command = (sys.executable, "-m", "tests.fake_verifier", "check")
     return Hooks(FACTORY, command, split_writes(pause)) if pause else Hooks(FACTORY, command)
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     pause = 0.0
     if argv[0] == "--split-writes":
         pause, argv = float(argv[1]), argv[2:]
-    from benchmarks.suite import main as suite_main
+    from verifier.benchmarks.suite import main as suite_main
 
     return suite_main(argv, hooks(pause))
 

@@ -115,7 +115,7 @@ def _gemm_chain(path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("name", ["mnist-net_256x2.onnx", "mnist-net_256x4.onnx", "mnist-net_256x6.onnx"])
 def test_crown_matches_or_beats_the_textbook_algorithm_on_mnistfc(name):
-    from vnnlib import parse_file
+    from verifier.vnnlib import parse_file
 
     root = shared_or_skip() / "mnistfc"
     prop = parse_file(root / "prop_1_0.03.vnnlib")

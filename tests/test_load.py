@@ -11,13 +11,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES, opcoverage_or_skip, shared_or_skip
 from verifier.errors import ModelError
 from verifier.graph import build_network
 from verifier.load import load_model
 from verifier.witness import make_session
-from vnnlib import parse_file
 
 # Agreement with onnxruntime, relative to the output size: float32 rounding over a few thousand
 # terms per layer reaches ~1e-6 of the values involved (the loader notes measured <= 7e-6); 1e-4

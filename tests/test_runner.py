@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.instances import normalize, read_sample, read_suite
-from benchmarks.scoring import Truth, judge, load_truth, points
+from verifier.benchmarks.instances import normalize, read_sample, read_suite
+from verifier.benchmarks.scoring import Truth, judge, load_truth, points
+
 from tests.conftest import shared_or_skip
 
 
@@ -22,7 +23,7 @@ def test_competition_csv_forms(tmp_path):
 
 def test_the_sample_covers_every_suite():
     root = shared_or_skip()
-    from benchmarks.make_sample import SAMPLE
+    from verifier.benchmarks.make_sample import SAMPLE
 
     instances = read_sample(SAMPLE, root)
     suites = {i.suite for i in instances}

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from verifier.vnnlib import parse_file, parse_text
 
 from tests.conftest import shared_or_skip
 from tests.graphs import GraphWriter
@@ -24,7 +25,6 @@ from verifier.load import load_model
 from verifier.prove import prove
 from verifier.search import BranchSettings, branch_and_bound, split_nodes
 from verifier.spec import Spec
-from vnnlib import parse_file, parse_text
 
 
 def relu_network(seed: int, inputs: int = 2, width: int = 12, layers: int = 3):

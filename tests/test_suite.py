@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from verifier.benchmarks.progress import PlainDisplay, ProgressState, render
+from verifier.benchmarks.report import score_folder
+from verifier.benchmarks.results import FIELDS, RESULTS_CSV, ResultsStore, counterexample_name, format_row, read_rows
+from verifier.benchmarks.suite import main as suite_main
 
-from benchmarks.progress import PlainDisplay, ProgressState, render
-from benchmarks.report import score_folder
-from benchmarks.results import FIELDS, RESULTS_CSV, ResultsStore, counterexample_name, format_row, read_rows
-from benchmarks.suite import main as suite_main
 from tests.conftest import EXAMPLES, REPO
 from tests.fake_verifier import hooks
 
@@ -69,7 +69,7 @@ def test_a_partial_last_row_is_cut_away_on_resume(tmp_path):
 
 
 def test_counterexample_names_stay_short():
-    from benchmarks.instances import Instance
+    from verifier.benchmarks.instances import Instance
 
     long_name = "prop_" + "x" * 216 + ".vnnlib"
     name = counterexample_name(Instance("marabou-cifar10", Path("."), "net.onnx", long_name, 300.0, "", 17))
@@ -158,7 +158,7 @@ def test_four_hand_made_rows_score_minus_80_and_minus_130_under_2023_rules(tmp_p
     truth = tmp_path / "toy.csv"
     truth.write_text("onnx,vnnlib,verdict\na.onnx,p.vnnlib,unsat\nb.onnx,p.vnnlib,sat\nc.onnx,p.vnnlib,unsat\n"
                      "d.onnx,p.vnnlib,sat\n")
-    from benchmarks.scoring import load_truth
+    from verifier.benchmarks.scoring import load_truth
 
     for rules, points in (("2021", -80), ("2023", -130)):
         total = score_folder(tmp_path / "four", load_truth(truth), rules).tallies["total"]
@@ -224,7 +224,7 @@ def test_overruns_crashes_and_memory_hogs_are_killed_and_the_run_goes_on(tmp_pat
 
 
 def test_a_worker_that_cannot_start_stops_the_run_with_a_message(tmp_path, capsys):
-    from benchmarks.runner import Hooks
+    from verifier.benchmarks.runner import Hooks
 
     suite = fake_suite(tmp_path / "toy", ["answer unsat"])
     broken = Hooks("tests.fake_verifier:no_such_factory", hooks().check)
@@ -297,7 +297,7 @@ def test_the_real_verifier_on_the_examples_in_the_competition_layout(tmp_path, c
 
 
 def test_the_cactus_plot_draws_one_line_per_results_folder(tmp_path):
-    from benchmarks.report import plot_runs
+    from verifier.benchmarks.report import plot_runs
 
     folders = []
     for name, times in (("fast", ["0.5", "1", "2"]), ("slow", ["3", "30"]), ("none", [])):
@@ -305,7 +305,7 @@ def test_the_cactus_plot_draws_one_line_per_results_folder(tmp_path):
         write_results(folders[-1], [{"onnx": f"m{k}.onnx", "vnnlib": "p.vnnlib", "verdict": "unsat", "seconds": t}
                                     for k, t in enumerate(times)])
     scored = [score_folder(folder, {}, "2021") for folder in folders]
-    from benchmarks.plot import cactus_plot, solved_times
+    from verifier.benchmarks.plot import cactus_plot, solved_times
 
     figure = cactus_plot({one.name: solved_times(one.rows, one.judgements) for one in scored}, tmp_path / "c.png")
     axes = figure.axes[0]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES
 from verifier.check import read_assignment
 from verifier.witness import Counterexample, OnnxChecker, format_assignment, write_results
-from vnnlib import parse_file
 
 MODEL = str(EXAMPLES / "classifier.onnx")
 

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 
 from verifier.errors import UserError
-from vnnlib import Property
+from verifier.vnnlib import Property
 
 OUTPUT_TOLERANCE = 1e-3
 SPEC_TOLERANCE = 1e-4

@@ -36,7 +36,7 @@ def _verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting of the family (see benchmarks/families.yaml)")
+                        help="override one setting of the family (see verifier/families.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr, tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"verify {VERSION}")
     return parser
@@ -91,14 +91,14 @@ def main(argv: list[str] | None = None, start: float | None = None) -> int:
 
 def _suite(argv: list[str]) -> int:
     # Batch runs live with the benchmark tools; they handle their own errors and exit codes.
-    from benchmarks.suite import main as suite_main
+    from verifier.benchmarks.suite import main as suite_main
 
     return suite_main(argv)
 
 
 def _run_guarded(action, verbose: bool, results: str | None = None) -> int:
     from verifier.errors import UserError
-    from vnnlib import VnnlibError
+    from verifier.vnnlib import VnnlibError
 
     try:
         return action()
@@ -162,7 +162,7 @@ def _verify(args, start: float) -> int:
 
 def _check(args) -> int:
     from verifier.check import check_counterexample
-    from vnnlib import parse_file
+    from verifier.vnnlib import parse_file
 
     result = check_counterexample(args.model, parse_file(args.property), args.counterexample)
     print(("valid: " if result.valid else "invalid: ") + result.reason)

@@ -14,7 +14,7 @@ from verifier.bounds.optimize import AlphaSettings, optimize_bounds
 from verifier.graph import build_network
 from verifier.load import load_model
 from verifier.spec import Spec
-from vnnlib import parse_file
+from verifier.vnnlib import parse_file
 
 
 def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu") -> dict:

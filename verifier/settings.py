@@ -20,7 +20,7 @@ BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 # What branch and bound splits after the bound pass: unstable ReLUs, the input box, or nothing.
 BRANCHING = ("relu", "input", "none")
 
-FAMILIES_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "families.yaml"
+FAMILIES_FILE = Path(__file__).resolve().parent / "families.yaml"
 
 
 @dataclass(frozen=True)

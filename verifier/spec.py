@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
-from vnnlib import Property
+from verifier.vnnlib import Property
 
 CHECKER_SLACK = 1e-4
 RELATIVE_MARGIN = {dtype: rounding(dtype, SWEEP_TERMS) for dtype in (torch.float32, torch.float64)}

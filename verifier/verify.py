@@ -21,8 +21,8 @@ from verifier.prove import Proof, prove
 from verifier.search import branch_and_bound
 from verifier.settings import Settings
 from verifier.spec import Spec
+from verifier.vnnlib import parse_file
 from verifier.witness import Counterexample, OnnxChecker
-from vnnlib import parse_file
 
 Log = Callable[[str], None]
 

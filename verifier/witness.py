@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime
 
 from verifier.load import read_onnx_bytes
-from vnnlib import Property
+from verifier.vnnlib import Property
 
 
 @dataclass

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vnnlib.errors import VnnlibError
-from vnnlib.formula import read_script
-from vnnlib.normal import Case, Disjunct, Property, compile_script
-from vnnlib.syntax import read_sexprs
+from verifier.vnnlib.errors import VnnlibError
+from verifier.vnnlib.formula import read_script
+from verifier.vnnlib.normal import Case, Disjunct, Property, compile_script
+from verifier.vnnlib.syntax import read_sexprs
 
 __all__ = ["Case", "Disjunct", "Property", "VnnlibError", "parse_file", "parse_text"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vnnlib.errors import VnnlibError
-from vnnlib.syntax import Atom, SExpr, SList
+from verifier.vnnlib.errors import VnnlibError
+from verifier.vnnlib.syntax import Atom, SExpr, SList
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _VARIABLE = re.compile(r"([XY])_(\d+)")

@@ -10,9 +10,8 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from vnnlib.errors import VnnlibError
-from vnnlib.formula import And, Compare, Formula, Or, Script, Variable
+from verifier.vnnlib.errors import VnnlibError
+from verifier.vnnlib.formula import And, Compare, Formula, Or, Script, Variable
 
 MAX_TERMS = 10_000
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from vnnlib.errors import VnnlibError
+from verifier.vnnlib.errors import VnnlibError
 
 _TOKEN = re.compile(r"\n|;[^\n]*|\(|\)|[^\s();]+")
 
