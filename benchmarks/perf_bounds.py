@@ -41,14 +41,15 @@ def measure(model_path: str, property_path: str, repeat: int, threads: int, alph
     import resource
 
     import torch
-    from verifier.vnnlib import parse_file
 
     from verifier.bounds.core import Interval
-    from verifier.bounds.optimize import AlphaSettings, intermediate_fits
+    from verifier.bounds.optimize import intermediate_fits
     from verifier.graph import build_network
     from verifier.load import load_model
-    from verifier.report import raw_output_bounds
+    from verifier.output_bounds import raw_output_bounds
+    from verifier.settings import AlphaSettings
     from verifier.spec import Spec
+    from verifier.vnnlib import parse_file
 
     torch.set_num_threads(threads)
     model = load_model(model_path)

@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from verifier import __version__
 from verifier.benchmarks.instances import Instance, normalize
-
 from verifier.errors import UserError
 
 FIELDS = ("suite", "onnx", "vnnlib", "timeout", "verdict", "seconds", "counterexample", "check", "note",
@@ -69,14 +69,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def tool_version() -> str:
     """The verifier's version, with the git commit of the checkout when there is one."""
-    from verifier.cli import VERSION
-
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10)
         if done.returncode == 0 and done.stdout.strip():
-            return f"{VERSION}+{done.stdout.strip()}"
-    return VERSION
+            return f"{__version__}+{done.stdout.strip()}"
+    return __version__
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from verifier.benchmarks.instances import Instance
@@ -51,6 +52,7 @@ class RunOptions:
     grace: float = 2.0
     memory_cap_mb: float = 8192.0
     overrides: tuple[str, ...] = ()
+    settings_file: str | None = None   # a families file replacing verifier/families.yaml
     device: str = "cpu"
     seed: int = 0
 
@@ -67,12 +69,15 @@ class Hooks:
     write: Writer = write_all
 
 
-def family_settings(instances: list[Instance], overrides: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """The settings of each suite's family (its folder name) with the overrides applied."""
-    from verifier.settings import load_settings, override
+def family_settings(instances: list[Instance], options: RunOptions) -> dict[str, dict[str, Any]]:
+    """The settings of each suite's family (its folder name), from the options' families file,
+    with the overrides applied; suites whose family has no entry take the defaults."""
+    from verifier.settings import FAMILIES_FILE, override
+    from verifier.settings import family_settings as settings_of
 
+    path = Path(options.settings_file) if options.settings_file else FAMILIES_FILE
     families = sorted({instance.suite for instance in instances})
-    return {family: asdict(override(load_settings(family), list(overrides))) for family in families}
+    return {family: asdict(override(settings_of(family, path), options.overrides)) for family in families}
 
 
 class SuiteRun:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from verifier.benchmarks.instances import normalize
 from verifier.benchmarks.results import row_key
-
 from verifier.errors import UserError
 
 POINTS = {"correct": 10, "wrong": -100}

@@ -15,16 +15,17 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+
+from verifier.arguments import Parser, input_file, output_file
 from verifier.benchmarks.instances import collect
 from verifier.benchmarks.paths import groundtruth_root, suites_root
 from verifier.benchmarks.progress import make_display
-from verifier.benchmarks.report import plot_runs, score_folder, score_rows, show, summary_markdown
 from verifier.benchmarks.results import RESULTS_CSV, ResultsStore
 from verifier.benchmarks.runner import Hooks, RunOptions, SuiteRun, family_settings
 from verifier.benchmarks.scoring import Truth, load_truth
+from verifier.benchmarks.suite_report import plot_runs, score_folder, score_rows, show, summary_markdown
 from verifier.benchmarks.workers import WorkerStartError
-
-from verifier.errors import UserError
+from verifier.errors import UserError, first_line
 
 SUMMARY = "summary.md"
 PLOT = "cactus.png"
@@ -39,7 +40,7 @@ def _truth_option(parser: argparse.ArgumentParser) -> None:
 
 
 def suite_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="verify suite", description="Run benchmark suites: each instance in a "
+    parser = Parser(prog="verify suite", description="Run benchmark suites: each instance in a "
                                      "long-lived worker with its CSV timeout, answers scored as they come.")
     parser.add_argument("sources", nargs="*", metavar="DIR",
                         help="suite folders (with an *instances.csv), folders of suites, or instances CSV files")
@@ -53,8 +54,11 @@ def suite_parser() -> argparse.ArgumentParser:
                         help="kill an instance whose worker holds more resident memory (default 8192 MB)")
     parser.add_argument("--out", default="results/run", help="results folder (default results/run)")
     parser.add_argument("--resume", action="store_true", help="keep the folder's results; run only what is missing")
+    parser.add_argument("--settings", type=input_file, metavar="FILE.yaml",
+                        help="family settings file to use instead of verifier/families.yaml (same format)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a family setting (verifier/families.yaml) for every suite")
+                        help="change one setting for every suite, e.g. --set alpha.iterations=40 "
+                        "(keys: verify settings)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     _truth_option(parser)
@@ -62,11 +66,11 @@ def suite_parser() -> argparse.ArgumentParser:
 
 
 def report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="verify suite-report", description="Score results folders of "
+    parser = Parser(prog="verify suite-report", description="Score results folders of "
                                      "`verify suite` and compare them in one cactus plot.")
     parser.add_argument("folders", nargs="+", metavar="DIR", help="results folders (each with a results.csv)")
-    parser.add_argument("--plot", help="write the cactus plot (one line per folder) to this PNG")
-    parser.add_argument("--markdown", help="write the summary tables to this markdown file")
+    parser.add_argument("--plot", type=output_file, help="write the cactus plot (one line per folder) to this PNG")
+    parser.add_argument("--markdown", type=output_file, help="write the summary tables to this markdown file")
     _truth_option(parser)
     return parser
 
@@ -78,7 +82,7 @@ def main(argv: list[str], hooks: Hooks | None = None) -> int:
             return _report(report_parser().parse_args(argv[1:]))
         return _run(suite_parser().parse_args(argv[1:]), hooks or Hooks())
     except UserError as error:
-        print(str(error).splitlines()[0], file=sys.stderr)
+        print(first_line(error), file=sys.stderr)
         return 2
     except WorkerStartError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -107,7 +111,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     if args.grace < 0:
         raise UserError("--grace", f"must not be negative, got {args.grace:g}")
     return RunOptions(args.jobs, args.cap, args.scale, args.grace, args.memory_cap, tuple(args.overrides),
-                      args.device, args.seed)
+                      args.settings, args.device, args.seed)
 
 
 def _run(args: argparse.Namespace, hooks: Hooks) -> int:
@@ -118,7 +122,7 @@ def _run(args: argparse.Namespace, hooks: Hooks) -> int:
                         Path(args.suites_root))
     if not instances:
         raise UserError(args.sample or args.sources[0], "no instances to run")
-    settings = family_settings(instances, options.overrides)
+    settings = family_settings(instances, options)
     truth = _load_truth(args.truth)
     store = ResultsStore(Path(args.out), args.resume, hooks.write)
     console, errors = _consoles()

@@ -51,48 +51,40 @@ class ModelCache:
 
 def real_verifier() -> VerifyFunction:
     """The verifier itself, with a model cache; torch is imported here, once per worker."""
-    import torch
-
+    from verifier.arguments import setup_torch
     from verifier.deadline import Deadline
     from verifier.load import load_model
-    from verifier.settings import Settings
+    from verifier.settings import from_mapping
     from verifier.verify import verify_instance
     from verifier.witness import format_assignment
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     cache = ModelCache(load_model)
 
     def verify(task: Task) -> tuple[str, str | None]:
         deadline = Deadline(task["timeout"])
-        torch.set_num_threads(task["threads"])
-        outcome = verify_instance(task["onnx"], task["vnnlib"], Settings(**task["settings"]), deadline,
-                                  task["device"], task["seed"], load=cache.get)
+        setup_torch(task["device"], task["threads"])
+        settings = from_mapping(task["settings"], "the worker's task")
+        outcome = verify_instance(task["onnx"], task["vnnlib"], settings, deadline, task["device"], task["seed"],
+                                  load=cache.get)
         example = outcome.counterexample
         return outcome.verdict, format_assignment(example) if example is not None else None
 
     return verify
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def answer(verify: VerifyFunction, task: Task) -> dict[str, Any]:
     """The reply to one task; failures become `error` with a one-line note."""
+    from verifier.errors import UserError, first_line
     from verifier.vnnlib import VnnlibError
-
-    from verifier.errors import UserError
 
     try:
         verdict, counterexample = verify(task)
         return {"verdict": verdict, "counterexample": counterexample, "note": ""}
     except (UserError, VnnlibError) as error:
-        return {"verdict": "error", "counterexample": None, "note": _first_line(error)}
+        return {"verdict": "error", "counterexample": None, "note": first_line(error)}
     except Exception as error:  # noqa: BLE001 - the worker lives on; the instance is recorded as `error`
         return {"verdict": "error", "counterexample": None,
-                "note": f"internal error: {type(error).__name__}: {_first_line(error)}"}
+                "note": f"internal error: {type(error).__name__}: {first_line(error)}"}
 
 
 def _die_with_parent() -> None:

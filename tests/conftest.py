@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from verifier.benchmarks.paths import shared_root, suites_root
 
 torch.set_num_threads(2)
@@ -60,12 +61,11 @@ def model_pairs(root_fn) -> list:
 def float64_first_box(model_path, prop_path, shrink: float = 1.0):
     """(network in float64, spec, the first input box shrunk about its centre); skips a model the
     engine does not support."""
-    from verifier.vnnlib import parse_file
-
     from verifier.bounds.core import Interval
     from verifier.errors import ModelError
     from verifier.graph import build_network
     from verifier.spec import Spec
+    from verifier.vnnlib import parse_file
 
     model = cached_model(str(model_path))
     prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)

@@ -20,9 +20,10 @@ from tests.test_soundness_random import network_for
 from verifier.bounds import activation
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
-from verifier.bounds.optimize import Adam, AlphaSettings, optimize_bounds
+from verifier.bounds.optimize import Adam, optimize_bounds
 from verifier.bounds.relaxation import AlphaStore, extremum_intercepts
-from verifier.report import raw_output_bounds
+from verifier.output_bounds import raw_output_bounds
+from verifier.settings import AlphaSettings
 
 
 def _randomize(alphas: AlphaStore, generator: torch.Generator) -> None:

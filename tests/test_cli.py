@@ -7,10 +7,10 @@ import json
 import numpy as np
 import onnxruntime
 import pytest
-from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES, shared_or_skip
 from verifier import cli
+from verifier.vnnlib import parse_file
 
 MODEL = str(EXAMPLES / "classifier.onnx")
 SAFE = str(EXAMPLES / "classifier_radius_0.02.vnnlib")

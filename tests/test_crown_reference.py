@@ -132,7 +132,7 @@ def test_crown_matches_or_beats_the_textbook_algorithm_on_mnistfc(name):
 @pytest.mark.parametrize("seed", range(4))
 def test_crown_output_bounds_are_never_looser_than_ibp(seed):
     from tests.test_soundness_random import network_for
-    from verifier.report import raw_output_bounds
+    from verifier.output_bounds import raw_output_bounds
 
     for family in ("dense", "conv", "shape", "products"):
         network = network_for(family, seed)

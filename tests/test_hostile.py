@@ -15,10 +15,10 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES
 from verifier import cli
+from verifier.vnnlib import parse_file
 
 MODEL = EXAMPLES / "classifier.onnx"
 SEEDS = [EXAMPLES / "classifier_radius_0.02.vnnlib", EXAMPLES / "classifier_radius_0.5.vnnlib"]

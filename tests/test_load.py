@@ -11,12 +11,12 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES, opcoverage_or_skip, shared_or_skip
 from verifier.errors import ModelError
 from verifier.graph import build_network
 from verifier.load import load_model
+from verifier.vnnlib import parse_file
 from verifier.witness import make_session
 
 # Agreement with onnxruntime, relative to the output size: float32 rounding over a few thousand

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from tests.conftest import shared_or_skip
 from verifier.benchmarks.instances import normalize, read_sample, read_suite
 from verifier.benchmarks.scoring import Truth, judge, load_truth, points
-
-from tests.conftest import shared_or_skip
 
 
 def test_competition_csv_forms(tmp_path):

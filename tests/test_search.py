@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from verifier.vnnlib import parse_file, parse_text
 
 from tests.conftest import shared_or_skip
 from tests.graphs import GraphWriter
@@ -23,8 +22,10 @@ from verifier.bounds.relaxation import AlphaStore
 from verifier.graph import build_network
 from verifier.load import load_model
 from verifier.prove import prove
-from verifier.search import BranchSettings, branch_and_bound, split_nodes
+from verifier.search import branch_and_bound, split_nodes
+from verifier.settings import BranchSettings
 from verifier.spec import Spec
+from verifier.vnnlib import parse_file, parse_text
 
 
 def relu_network(seed: int, inputs: int = 2, width: int = 12, layers: int = 3):

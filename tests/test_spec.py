@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from verifier.vnnlib import parse_text
 
 from verifier.spec import CHECKER_SLACK, Spec, round_inward, round_outward
+from verifier.vnnlib import parse_text
 
 TEXT = """(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)
 (assert (or (and (>= X_0 0.1) (<= X_0 0.30000000000000004) (>= X_1 -1) (<= X_1 1) (<= Y_0 Y_1) (<= Y_0 2))

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from verifier.benchmarks.progress import PlainDisplay, ProgressState, render
-from verifier.benchmarks.report import score_folder
-from verifier.benchmarks.results import FIELDS, RESULTS_CSV, ResultsStore, counterexample_name, format_row, read_rows
-from verifier.benchmarks.suite import main as suite_main
 
 from tests.conftest import EXAMPLES, REPO
 from tests.fake_verifier import hooks
+from verifier.benchmarks.progress import PlainDisplay, ProgressState, render
+from verifier.benchmarks.results import FIELDS, RESULTS_CSV, ResultsStore, counterexample_name, format_row, read_rows
+from verifier.benchmarks.suite import main as suite_main
+from verifier.benchmarks.suite_report import score_folder
 
 SETTINGS = '{"bound_method":"crown"}'
 
@@ -297,7 +297,7 @@ def test_the_real_verifier_on_the_examples_in_the_competition_layout(tmp_path, c
 
 
 def test_the_cactus_plot_draws_one_line_per_results_folder(tmp_path):
-    from verifier.benchmarks.report import plot_runs
+    from verifier.benchmarks.suite_report import plot_runs
 
     folders = []
     for name, times in (("fast", ["0.5", "1", "2"]), ("slow", ["3", "30"]), ("none", [])):

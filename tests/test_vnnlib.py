@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from verifier.vnnlib import VnnlibError, parse_file, parse_text
 
 from tests.conftest import opcoverage_or_skip, shared_or_skip
+from verifier.vnnlib import VnnlibError, parse_file, parse_text
 
 
 def decls(n_in: int, n_out: int) -> str:

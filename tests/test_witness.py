@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from verifier.vnnlib import parse_file
 
 from tests.conftest import EXAMPLES
 from verifier.check import read_assignment
+from verifier.vnnlib import parse_file
 from verifier.witness import Counterexample, OnnxChecker, format_assignment, write_results
 
 MODEL = str(EXAMPLES / "classifier.onnx")

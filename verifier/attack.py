@@ -9,29 +9,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from verifier.bounds.network import Network
+from verifier.settings import AttackSettings
 from verifier.spec import Spec, round_inward
 from verifier.witness import Counterexample, OnnxChecker
 
 # Candidates per round passed to onnxruntime (each run costs about a millisecond on small models).
 CANDIDATES_PER_ROUND = 4
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """How hard to look for a counterexample: random points per case, PGD restarts and steps."""
-
-    random_samples: int = 256
-    restarts: int = 8
-    steps: int = 100
-    rounds: int = 4
-    step_fraction: float = 0.25
 
 
 class Falsifier:

@@ -54,8 +54,9 @@ class Deadline:
         return sub
 
 
-def start_watchdog(deadline: Deadline, results_path: str | None) -> None:
-    """Fork a watcher that ends this process WATCHDOG_GRACE seconds after the deadline."""
+def start_watchdog(deadline: Deadline, results_path: str | None, line: bytes = b"timeout\n") -> None:
+    """Fork a watcher that ends this process WATCHDOG_GRACE seconds after the deadline, then
+    writes `timeout` to the results file and `line` to stdout."""
     if deadline.at is None or not hasattr(os, "fork"):
         return
     read_end, write_end = os.pipe()
@@ -79,5 +80,5 @@ def start_watchdog(deadline: Deadline, results_path: str | None) -> None:
                     handle.write("timeout\n")
             except OSError:
                 pass
-        os.write(1, b"timeout\n")
+        os.write(1, line)
     os._exit(0)

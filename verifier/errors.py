@@ -14,3 +14,9 @@ class UserError(Exception):
 
 class ModelError(UserError):
     """The ONNX file cannot be read, converted or bounded."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (the rest is detail for tracebacks)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

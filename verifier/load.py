@@ -17,7 +17,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from verifier.errors import ModelError
+from verifier.errors import ModelError, first_line
 from verifier.onnx2torch_import import import_onnx2torch
 
 UPGRADE_OPSET = 17
@@ -124,16 +124,11 @@ def load_model(path: str) -> LoadedModel:
         try:
             module = onnx2torch.convert(model)
         except Exception as error:  # noqa: BLE001
-            raise ModelError(path, f"conversion to torch failed: {_first_line(error)}") from None
+            raise ModelError(path, f"conversion to torch failed: {type(error).__name__}: {first_line(error)}") from None
     module = _batchified(model, onnx2torch, module)
     module.eval()
     nodes = {(n.name.replace(".", "/") or n.op_type): (n.op_type, n.name) for n in model.graph.node}
     return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def _make_node_names_unique(model: onnx.ModelProto) -> None:
@@ -215,7 +210,8 @@ def _upgraded(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
     try:
         upgraded = onnx.version_converter.convert_version(model, UPGRADE_OPSET)
     except Exception as error:  # noqa: BLE001
-        raise ModelError(path, f"opset upgrade to {UPGRADE_OPSET} failed: {_first_line(error)}") from None
+        reason = f"{type(error).__name__}: {first_line(error)}"
+        raise ModelError(path, f"opset upgrade to {UPGRADE_OPSET} failed: {reason}") from None
     _make_node_names_unique(upgraded)
     _strip_empty_trailing_inputs(upgraded)
     return upgraded

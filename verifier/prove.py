@@ -17,7 +17,8 @@ import torch
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_bounds, interval_concretize
 from verifier.bounds.network import Network
-from verifier.bounds.optimize import AlphaSettings, optimize_bounds
+from verifier.bounds.optimize import optimize_bounds
+from verifier.settings import AlphaSettings
 from verifier.spec import Spec
 
 

@@ -30,19 +30,8 @@ from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
 from verifier.bounds.relaxation import AlphaStore
+from verifier.settings import BranchSettings
 from verifier.spec import Spec
-
-
-@dataclass(frozen=True)
-class BranchSettings:
-    """Domains split per step (each gives two children, bounded in one batch), Adam steps on the
-    final sweep's alpha and beta per batch, and the memory (MiB) the open domains may take before
-    the search gives up."""
-
-    batch: int = 64
-    iterations: int = 10
-    learning_rate: float = 0.1
-    memory_mb: float = 2048.0
 
 
 @dataclass
@@ -266,7 +255,7 @@ class _Search(_Case):
                 parameters = alphas.parameters() + list(betas.values())
                 if not parameters:
                     break
-                optimizer = Adam(parameters, settings.learning_rate, 0.98)
+                optimizer = Adam(parameters, settings.learning_rate, settings.decay)
             with torch.enable_grad():
                 open_rows = torch.from_numpy(~done).to(final.lower.device)
                 loss = -final.lower[open_rows & torch.isfinite(final.lower)].sum()

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from verifier.vnnlib.errors import VnnlibError
 from verifier.vnnlib.formula import And, Compare, Formula, Or, Script, Variable
 

@@ -21,21 +21,7 @@ from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches
 from verifier.bounds.relaxation import AlphaStore
-
-
-@dataclass(frozen=True)
-class AlphaSettings:
-    """How to optimise: iterations, Adam's learning rate and its decay per iteration, whether the
-    intermediate sweeps' parameters are optimised too, the memory (MiB) they may take, and how
-    many iterations without a 1e-4 relative improvement end the search early."""
-
-    iterations: int = 20
-    learning_rate: float = 0.1
-    decay: float = 0.98
-    intermediate: bool = True
-    intermediate_memory_mb: float = 3072.0
-    patience: int = 6
-
+from verifier.settings import AlphaSettings
 
 # Resident memory of an optimisation iteration per byte of intermediate parameters: measured
 # 14x on resnet_4b (322 MiB of parameters, 5.6 GiB peak) and nn4sys normal_1000 (1.1 GiB, 17 GiB),

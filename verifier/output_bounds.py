@@ -10,22 +10,18 @@ import torch
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
 from verifier.bounds.network import Network
-from verifier.bounds.optimize import AlphaSettings, optimize_bounds
-from verifier.graph import build_network
-from verifier.load import load_model
-from verifier.spec import Spec
-from verifier.vnnlib import parse_file
+from verifier.bounds.optimize import optimize_bounds
+from verifier.errors import UserError
+from verifier.instance import open_instance
+from verifier.settings import AlphaSettings
 
 
 def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu") -> dict:
     """`{"method", "seconds", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`, all flat."""
-    prop = parse_file(property_path)
-    model = load_model(model_path)
-    prop.check_sizes(model.num_inputs, model.num_outputs)
-    prop = prop.padded_to_outputs(model.num_outputs)
-    probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
-    network = build_network(model, probe).to(device)
-    spec = Spec.build(prop, network.input_shape, network.dtype, device)
+    instance = open_instance(model_path, property_path, device)
+    if instance.network is None:
+        raise UserError(property_path, "the property's constraints cannot hold together: no input box to bound")
+    network, spec = instance.network, instance.spec
     start = time.perf_counter()
     with torch.no_grad():
         lower, upper = raw_output_bounds(network, spec.box, method)

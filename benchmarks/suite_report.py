@@ -9,9 +9,9 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
 from verifier.benchmarks.results import COUNTEREXAMPLES, RESULTS_CSV, read_rows, row_key
 from verifier.benchmarks.scoring import COLUMNS, Tally, Truth, judge_row, tally
-
 from verifier.errors import UserError
 
 HEADER = ("suite", "instances", *COLUMNS, "points", "median s")

@@ -1,0 +1,39 @@
+"""An instance opened for bounding: the property, the converted model, its bound network and spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from verifier.bounds.network import Network
+from verifier.graph import build_network
+from verifier.load import LoadedModel, load_model
+from verifier.spec import Spec
+from verifier.vnnlib import Property, parse_file
+
+
+@dataclass
+class Instance:
+    prop: Property        # padded to the model's outputs
+    model: LoadedModel
+    network: Network | None  # None when the property has no input box (nothing to bound)
+    spec: Spec | None
+
+
+def open_instance(model_path: str, property_path: str, device: str = "cpu",
+                  load: Callable[[str], LoadedModel] = load_model) -> Instance:
+    """Parse the property, convert the model, check that their sizes agree and build the network.
+
+    User errors (bad files, unsupported operators, sizes that do not match) raise UserError.
+    """
+    prop = parse_file(property_path)
+    model = load(model_path)
+    prop.check_sizes(model.num_inputs, model.num_outputs)
+    prop = prop.padded_to_outputs(model.num_outputs)
+    if not prop.cases:
+        return Instance(prop, model, None, None)
+    probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
+    network = build_network(model, probe).to(device)
+    return Instance(prop, model, network, Spec.build(prop, network.input_shape, network.dtype, device))
