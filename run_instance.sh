@@ -8,7 +8,7 @@ category="$2"; onnx="$3"; vnnlib="$4"; results="$5"; timeout="$6"
 here="$(cd "$(dirname "$0")" && pwd)"
 if [ -x "$here/.venv/bin/verify" ]; then verify=("$here/.venv/bin/verify")
 elif command -v verify >/dev/null; then verify=(verify)
-else verify=(env "PYTHONPATH=$here" python3 -m verifier.cli); fi
+else verify=(python3 -m verifier); fi  # installed by install_tool.sh, or by pip install
 rm -f "$results"
 # prepare_instance.sh of the next instance stops this run if it is still alive (and nothing else)
 pidfile="${TMPDIR:-/tmp}/verifier-run-instance-$(id -u).pid"

@@ -87,6 +87,8 @@ def main(argv: list[str], hooks: Hooks | None = None) -> int:
     except WorkerStartError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except SystemExit as stop:  # argparse: --help, or a one-line argument error
+        return stop.code if isinstance(stop.code, int) else 0
 
 
 def _consoles() -> tuple[Console, Console]:

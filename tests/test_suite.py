@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
 import random
 import shutil
@@ -245,7 +246,9 @@ def test_user_errors_give_one_line_and_exit_2(tmp_path, capsys):
     cases = [([str(tmp_path / "none")], "none: no such folder"),
              ([str(tmp_path / "empty")], "empty: no *instances.csv in this folder"),
              ([str(bad)], "bad_instances.csv: row 2: the timeout 'soon' is not a positive number"),
-             ([str(suite), "--set", "nonsense=1"], "--set: 'nonsense=1' is not KEY=VALUE"),
+             ([str(suite), "--set", "nonsense=1"], "--set nonsense=1: unknown setting 'nonsense'"),
+             ([str(suite), "--set", "branch.batch=0"], "--set branch.batch=0: branch.batch must be an integer >= 1"),
+             ([str(suite), "--settings", str(tmp_path / "none.yaml")], "argument --settings: "),
              ([str(suite), "--jobs", "0"], "--jobs: must be positive"),
              ([str(suite), "--truth", str(tmp_path / "missing.csv")], "missing.csv: no such ground-truth file")]
     for args, message in cases:
@@ -263,11 +266,11 @@ def test_a_sample_file_names_rows_of_several_suites(tmp_path):
     sample = tmp_path / "sample.csv"
     sample.write_text("one,m1.onnx,p1.vnnlib,60\ntwo,./m0.onnx,p0.vnnlib,60")
     assert run_fake("--sample", str(sample), "--suites-root", str(tmp_path / "suites"), "--out",
-                    str(tmp_path / "out"), "--truth", "none", "--scale", "0.5", "--set", "attack_rounds=2") == 0
+                    str(tmp_path / "out"), "--truth", "none", "--scale", "0.5", "--set", "attack.rounds=2") == 0
     rows = read_rows(tmp_path / "out" / RESULTS_CSV)
     assert sorted((r["suite"], r["verdict"], r["timeout"]) for r in rows) == [("one", "sat", "30"),
                                                                              ("two", "unknown", "30")]
-    assert all('"attack_rounds":2' in r["settings"] for r in rows)
+    assert all(json.loads(r["settings"])["attack"]["rounds"] == 2 for r in rows)
 
 
 def test_the_real_verifier_on_the_examples_in_the_competition_layout(tmp_path, capsys):

@@ -124,7 +124,13 @@ def entry() -> None:
 def main(argv: list[str] | None = None, start: float | None = None) -> int:
     """Run the command line `argv`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    start = time.time() if start is None else start
+    try:
+        return _dispatch(argv, time.time() if start is None else start)
+    except SystemExit as stop:  # argparse: --help, --version, or a one-line argument error
+        return stop.code if isinstance(stop.code, int) else 0
+
+
+def _dispatch(argv: list[str], start: float) -> int:
     command = argv[0] if argv else None
     if command in ("suite", "suite-report"):
         from verifier.benchmarks.suite import main as suite_main  # batch runs handle their own errors
