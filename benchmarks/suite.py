@@ -16,7 +16,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from verifier.arguments import Parser, input_file, output_file
+from verifier.arguments import (
+    Parser,
+    input_file,
+    non_negative_number,
+    output_file,
+    positive_integer,
+    positive_number,
+)
 from verifier.benchmarks.instances import collect
 from verifier.benchmarks.paths import groundtruth_root, suites_root
 from verifier.benchmarks.progress import make_display
@@ -46,11 +53,12 @@ def suite_parser() -> argparse.ArgumentParser:
                         help="suite folders (with an *instances.csv), folders of suites, or instances CSV files")
     parser.add_argument("--sample", help="a file of suite,onnx,vnnlib,timeout rows (e.g. benchmarks/sample.csv)")
     parser.add_argument("--suites-root", default=str(suites_root()), help="where the suites of --sample live")
-    parser.add_argument("--jobs", type=int, default=1, help="instances run in parallel (default 1)")
-    parser.add_argument("--cap", type=float, default=float("inf"), help="cap each timeout at S seconds")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply each CSV timeout by F")
-    parser.add_argument("--grace", type=float, default=2.0, help="seconds past the limit before a worker is killed")
-    parser.add_argument("--memory-cap", type=float, default=8192.0, metavar="MB",
+    parser.add_argument("--jobs", type=positive_integer, default=1, help="instances run in parallel (default 1)")
+    parser.add_argument("--cap", type=positive_number, default=float("inf"), help="cap each timeout at S seconds")
+    parser.add_argument("--scale", type=positive_number, default=1.0, help="multiply each CSV timeout by F")
+    parser.add_argument("--grace", type=non_negative_number, default=2.0,
+                        help="seconds past the limit before a worker is killed")
+    parser.add_argument("--memory-cap", type=positive_number, default=8192.0, metavar="MB",
                         help="kill an instance whose worker holds more resident memory (default 8192 MB)")
     parser.add_argument("--out", default="results/run", help="results folder (default results/run)")
     parser.add_argument("--resume", action="store_true", help="keep the folder's results; run only what is missing")
@@ -106,12 +114,6 @@ def _load_truth(option: str | None) -> dict[tuple[str, str, str], Truth]:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
-    for name, value in (("--jobs", args.jobs), ("--cap", args.cap), ("--scale", args.scale),
-                        ("--memory-cap", args.memory_cap)):
-        if not value > 0:
-            raise UserError(name, f"must be positive, got {value:g}")
-    if args.grace < 0:
-        raise UserError("--grace", f"must not be negative, got {args.grace:g}")
     return RunOptions(args.jobs, args.cap, args.scale, args.grace, args.memory_cap, tuple(args.overrides),
                       args.settings, args.device, args.seed)
 

@@ -13,19 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import EXAMPLES, REPO
+from tests.conftest import REPO
+from tests.test_cli import MODEL, SAFE, UNSAFE, run
 from verifier import cli
 from verifier.settings import known_families
-
-MODEL = str(EXAMPLES / "classifier.onnx")
-SAFE = str(EXAMPLES / "classifier_radius_0.02.vnnlib")
-UNSAFE = str(EXAMPLES / "classifier_radius_0.5.vnnlib")
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_user_error(code: int, out: str, err: str, *needles: str) -> None:

@@ -249,7 +249,9 @@ def test_user_errors_give_one_line_and_exit_2(tmp_path, capsys):
              ([str(suite), "--set", "nonsense=1"], "--set nonsense=1: unknown setting 'nonsense'"),
              ([str(suite), "--set", "branch.batch=0"], "--set branch.batch=0: branch.batch must be an integer >= 1"),
              ([str(suite), "--settings", str(tmp_path / "none.yaml")], "argument --settings: "),
-             ([str(suite), "--jobs", "0"], "--jobs: must be positive"),
+             ([str(suite), "--jobs", "0"], "argument --jobs: must be a whole number >= 1, got '0'"),
+             ([str(suite), "--cap", "nan"], "argument --cap: must be a positive number, got 'nan'"),
+             ([str(suite), "--grace", "-1"], "argument --grace: must be a number >= 0"),
              ([str(suite), "--truth", str(tmp_path / "missing.csv")], "missing.csv: no such ground-truth file")]
     for args, message in cases:
         assert run_fake(*args, "--out", str(tmp_path / "out")) == 2

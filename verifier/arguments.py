@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from verifier.errors import UserError
@@ -23,45 +24,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(USER_ERROR, f"{self.prog}: {message}\n")
 
 
-def seconds(text: str) -> float | None:
-    """A time limit: a positive number of seconds; `inf` means no limit (None)."""
+def _number(text: str, kind: type, fits: Callable[[float], bool], wanted: str) -> float:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
         value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (or inf), got '{text}'")
+    if not fits(value):  # NaN fits nothing
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got '{text}'")
+    return value
+
+
+def seconds(text: str) -> float | None:
+    """A time limit: a positive number of seconds; `inf` means no limit (None)."""
+    value = _number(text, float, lambda v: v > 0, "a positive number of seconds (or inf)")
     return None if math.isinf(value) else value
 
 
 def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
-    return value
+    return _number(text, float, lambda v: v > 0, "a positive number")
 
 
 def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got '{text}'")
-    return value
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
 def positive_integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got '{text}'")
-    return value
+    return int(_number(text, int, lambda v: v >= 1, "a whole number >= 1"))
 
 
 def output_file(text: str) -> str:
