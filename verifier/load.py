@@ -22,6 +22,8 @@ from verifier.onnx2torch_import import import_onnx2torch
 
 UPGRADE_OPSET = 17
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
+# Float types a value inside the graph may have (onnxruntime computes the node in that type).
+_VALUE_DTYPES = {**_DTYPES, onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16}
 
 
 @dataclass
@@ -29,7 +31,9 @@ class LoadedModel:
     """A converted model and what the verifier needs to know about its interface.
 
     Shapes are the ONNX-declared ones with symbolic dimensions read as 1; `dtype` is the input's.
-    `onnx_nodes` maps an fx module target to its ONNX (op_type, node name), for messages.
+    `onnx_nodes` maps an fx module target to its ONNX (op_type, node name), for messages;
+    `node_dtypes` an ONNX node name to the float type of its output (what onnxruntime computes
+    it in), where shape inference knows it.
     """
 
     path: str
@@ -39,6 +43,7 @@ class LoadedModel:
     output_shape: tuple[int, ...]
     dtype: torch.dtype
     onnx_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    node_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
 
     @property
     def num_inputs(self) -> int:
@@ -128,7 +133,20 @@ def load_model(path: str) -> LoadedModel:
     module = _batchified(model, onnx2torch, module)
     module.eval()
     nodes = {(n.name.replace(".", "/") or n.op_type): (n.op_type, n.name) for n in model.graph.node}
-    return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes)
+    return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes, _node_dtypes(model))
+
+
+def _node_dtypes(model: onnx.ModelProto) -> dict[str, torch.dtype]:
+    """ONNX node name -> float type of its first output, from the declared and inferred types."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is best effort; declared types still count
+        inferred = model
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output, *graph.input]}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    return {node.name: _VALUE_DTYPES[types[node.output[0]]] for node in graph.node
+            if node.output and types.get(node.output[0]) in _VALUE_DTYPES}
 
 
 def _make_node_names_unique(model: onnx.ModelProto) -> None:

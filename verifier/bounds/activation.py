@@ -21,6 +21,7 @@ _BISECTION_STEPS = 24
 
 class ReLU(Elementwise):
     splits_at_zero = True
+    exact = True
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)
@@ -55,6 +56,8 @@ class SShaped(Elementwise):
     Its lines' slopes are the free parameters: the intercepts are always the exact extremum of
     f(x) - a x on [l, u], so any slope gives sound lines.
     """
+
+    approximated = True
 
     def f(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -171,6 +174,8 @@ class Tanh(SShaped):
 
 class Sign(Elementwise):
     """ONNX Sign (-1, 0, 1); relaxed by constant lines."""
+
+    exact = True
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sign(x)

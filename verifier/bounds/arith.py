@@ -21,6 +21,9 @@ from verifier.bounds.shape import Reshape
 class Affine(Rule):
     """`y = x * scale + shift`, with constants broadcast against the per-sample shape of x."""
 
+    sums_products = True
+    rounding_terms = 2
+
     def __init__(self, in_shape: tuple[int, ...], scale: Tensor | None, shift: Tensor | None) -> None:
         super().__init__()
         self.in_shape = tuple(in_shape)
@@ -68,10 +71,16 @@ class Affine(Rule):
 class WeightedSum(Rule):
     """`y = sum_i weights[i] * x_i` over variables of broadcast-compatible per-sample shapes."""
 
+    sums_products = True
+
     def __init__(self, weights: tuple[float, ...], in_shapes: list[tuple[int, ...]]) -> None:
         super().__init__()
         self.weights = weights
         self.in_shapes = in_shapes
+
+    @property
+    def rounding_terms(self) -> int:
+        return 2 * len(self.weights)
 
     def forward(self, *xs: Tensor) -> Tensor:
         total = xs[0] * self.weights[0]

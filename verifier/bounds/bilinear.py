@@ -52,6 +52,7 @@ class MatMulVariables(Rule):
     """x @ y of two variables over the last two axes (leading axes broadcast)."""
 
     needs_bounds = True
+    sums_products = True
 
     def __init__(self, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -59,6 +60,10 @@ class MatMulVariables(Rule):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return x @ y
+
+    @property
+    def rounding_terms(self) -> int:
+        return self.x_shape[-1] + 1
 
     def ibp(self, x: Interval, y: Interval) -> Interval:
         cx, rx, cy, ry = x.center, x.radius, y.center, y.radius

@@ -77,9 +77,38 @@ class Rule(nn.Module):
     # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
     # bound splits their input there, which makes the rule exact on both sides.
     splits_at_zero = False
+    # How onnxruntime's result may differ from the exact operator (see `execution_error`): not at
+    # all (moves, selections, ReLU, max); or by the rounding of `rounding_terms` operations in
+    # `exec_dtype` (the dtype of the node's output in the ONNX graph, set by the graph builder;
+    # None: the dtype the rule computes in), relative to the sum of the absolute values combined,
+    # which rules that add up products (`sums_products`) get from their interval rule on
+    # symmetric operands and the others from their output.
+    exact = False
+    sums_products = False
+    rounding_terms = 1
+    # True for elementary functions (exp, log, tanh, sigmoid, sin, pow), which onnxruntime computes
+    # by approximations of a few ulps and clamps at large arguments (sigmoid, tanh): they are
+    # allowed FUNCTION_ROUNDINGS roundings of |f| + 1.
+    approximated = False
+    exec_dtype: torch.dtype | None = None
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError
+
+    def execution_error(self, *inputs: Interval) -> Tensor | None:
+        """Bound [B, *shape] on |onnxruntime's value - the exact operator's value| for operands in
+        `inputs`; None when the operator is exact. Infinite where the result may overflow."""
+        if self.exact:
+            return None
+        if self.sums_products:
+            sizes = [torch.maximum(x.lower.abs(), x.upper.abs()) for x in inputs]
+            image = self.ibp(*(Interval(-size, size) for size in sizes))
+        else:
+            image = self.ibp(*inputs)
+        size = torch.maximum(image.lower.abs(), image.upper.abs())
+        if self.approximated:
+            return execution_rounding(self.exec_dtype or size.dtype, FUNCTION_ROUNDINGS, size + 1)
+        return execution_rounding(self.exec_dtype or size.dtype, self.rounding_terms, size)
 
     def backward(self, coeffs: Tensor, *inputs: Interval | None) -> Backward:
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
@@ -145,6 +174,9 @@ def sum_to_shape(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 # Rounding allowance of one backward sweep (or one proof), in sums of this many terms.
 SWEEP_TERMS = 2048
+# Roundings allowed to an elementary function as onnxruntime computes it (its approximations
+# are within a few ulps; tests/test_execution_error.py measures them on a grid of every exponent).
+FUNCTION_ROUNDINGS = 16
 
 
 def rounding(dtype: torch.dtype, terms: int) -> float:
@@ -155,6 +187,15 @@ def rounding(dtype: torch.dtype, terms: int) -> float:
     factor 2 to spare, plus two more roundings (the bias, the centre +- radius).
     """
     return (terms + 2) * torch.finfo(dtype).eps
+
+
+def execution_rounding(dtype: torch.dtype, terms: int, size: Tensor) -> Tensor:
+    """Error bound of `terms` roundings in `dtype` on values whose absolute terms add up to `size`:
+    `rounding(dtype, terms) * size`, plus the underflow of each rounding (half a subnormal step),
+    and infinite where the result may pass the largest finite value (onnxruntime gives inf)."""
+    info = torch.finfo(dtype)
+    error = rounding(dtype, terms) * size + terms * info.smallest_normal * info.eps
+    return torch.where(size * (1 + rounding(dtype, terms)) < info.max, error, torch.inf)
 
 
 def row_sum(tensor: Tensor) -> Tensor:

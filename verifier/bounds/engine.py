@@ -46,12 +46,39 @@ def _sanitize(bounds: Interval) -> Interval:
                     torch.where(torch.isnan(bounds.upper), torch.inf, bounds.upper))
 
 
+Errors = dict[int, "Tensor | None"]
+
+
+def node_interval(network: Network, index: int, bounds: list[Interval | None],
+                  errors: Errors | None = None) -> Interval:
+    """IBP of node `index` from its inputs' intervals, widened by the rounding of the operation
+    as onnxruntime runs it (so the interval holds the value the deployed model computes)."""
+    node = network.nodes[index]
+    error = execution_error(network, index, bounds, errors)
+    interval = _sanitize(network.rules[node.rule].ibp(*(bounds[i] for i in node.inputs)))
+    return interval if error is None else Interval(interval.lower - error, interval.upper + error)
+
+
+def execution_error(network: Network, index: int, bounds: list[Interval | None],
+                    errors: Errors | None = None) -> Tensor | None:
+    """The rounding bound of node `index`'s own operation (see Rule.execution_error), memoised."""
+    if errors is not None and index in errors:
+        return errors[index]
+    node = network.nodes[index]
+    inputs = [bounds[i] for i in node.inputs]
+    if any(x is None for x in inputs):
+        raise ValueError(f"{node.label}: the intervals of its inputs are needed for its rounding error")
+    error = network.rules[node.rule].execution_error(*inputs)
+    if errors is not None:
+        errors[index] = error
+    return error
+
+
 def interval_bounds(network: Network, box: Interval) -> list[Interval]:
     """IBP: an interval for every node, for the batch of boxes `box` ([B, *input_shape])."""
     bounds = [box]
-    for node in network.nodes[1:]:
-        rule = network.rules[node.rule]
-        bounds.append(_sanitize(rule.ibp(*(bounds[i] for i in node.inputs))))
+    for index in range(1, len(network.nodes)):
+        bounds.append(node_interval(network, index, bounds))
     return bounds
 
 
@@ -88,7 +115,7 @@ def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBou
 
 def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
                    bounds: list[Interval | None], alphas: AlphaStore | None = None, key: object = None,
-                   visit: Visit | None = None) -> LinearBound:
+                   visit: Visit | None = None, errors: Errors | None = None) -> LinearBound:
     """Lower bound of <coeffs, z_start> over the input box bounds[0]; coeffs [B, m, *shape(start)].
 
     `bounds` must hold intervals for every node whose rule needs them; nodes without a linear
@@ -96,7 +123,10 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
     optimiser owns), rules with free relaxation parameters read them from slot (key, node).
     `visit(index, coeffs)` sees the complete coefficients of every node the sweep reaches and
     returns the ones to continue with (branch and bound reads them and adds split terms there).
+    Every node whose operation rounds in the deployed model adds the worst case of its rounding
+    error (`execution_error`, memoised in `errors` when given) under its coefficients.
     """
+    errors = {} if errors is None else errors
     pending: dict[int, Tensor | Patches] = {start: coeffs}
     lead = coeffs.values.shape[:2] if isinstance(coeffs, Patches) else coeffs.shape[:2]
     template = coeffs.values if isinstance(coeffs, Patches) else coeffs
@@ -113,6 +143,10 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
             continue
         node = network.nodes[index]
         rule = network.rules[node.rule]
+        error = execution_error(network, index, bounds, errors)
+        if error is not None:
+            part = interval_concretize(node_coeffs, Interval(-error, error))
+            total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
         if not rule.has_linear_rule:
             part = interval_concretize(densify(node_coeffs), bounds[index])
             total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
@@ -201,11 +235,11 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
     """
     needed = nodes_to_refine(network) if refine else set()
     bounds: list[Interval | None] = [box]
-    for index, node in enumerate(network.nodes[1:], start=1):
-        rule = network.rules[node.rule]
-        current = _sanitize(rule.ibp(*(bounds[i] for i in node.inputs)))
+    errors: Errors = {}
+    for index in range(1, len(network.nodes)):
+        current = node_interval(network, index, bounds, errors)
         if index in needed:
-            current = _refine(network, index, current, bounds, alphas)
+            current = _refine(network, index, current, bounds, alphas, errors)
         if reference is not None and reference[index] is not None:
             best = reference[index]
             current = Interval(_tighten(current.lower, best.lower, torch.gt),
@@ -222,7 +256,7 @@ def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Ten
 
 
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
-            alphas: AlphaStore | None = None) -> Interval:
+            alphas: AlphaStore | None = None, errors: Errors | None = None) -> Interval:
     """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
     batch = current.lower.shape[0]
     if alphas is not None and index in alphas.positions:
@@ -254,7 +288,7 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
             coeffs[:, span, part] = 1.0
             coeffs[:, rows + span, part] = -1.0
             coeffs = coeffs.reshape(batch, 2 * rows, *shape)
-        bound = backward_bound(network, index, coeffs, bounds, alphas, (index, begin))
+        bound = backward_bound(network, index, coeffs, bounds, alphas, (index, begin), errors=errors)
         # the sweep's own rounding, sized by the terms it summed, keeps the bounds sound
         error = rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
         safe = torch.where(torch.isinf(bound.lower), bound.lower, bound.lower - error)

@@ -6,6 +6,8 @@ the adjoint of the linear map.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from onnx2torch.node_converters import global_average_pool, matmul, reduce
@@ -23,6 +25,8 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 class Linear(Rule):
     """`y = x @ weight.T + bias` on the last axis; weight [out, in]."""
 
+    sums_products = True
+
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -30,6 +34,10 @@ class Linear(Rule):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    @property
+    def rounding_terms(self) -> int:
+        return self.weight.shape[1] + 1
 
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()
@@ -46,6 +54,8 @@ class Linear(Rule):
 
 class Conv(Rule):
     """N-d convolution on the trailing (channels, *spatial) axes of the per-sample shape."""
+
+    sums_products = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -76,6 +86,10 @@ class Conv(Rule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv(x, self.weight, self.bias)
+
+    @property
+    def rounding_terms(self) -> int:
+        return self.weight[0].numel() + 1
 
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()
@@ -124,6 +138,8 @@ class Conv(Rule):
 class ConvTranspose(Rule):
     """N-d transposed convolution; its adjoint is the plain convolution with the same weight."""
 
+    sums_products = True
+
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.dims = len(module.kernel_size)
@@ -143,6 +159,10 @@ class ConvTranspose(Rule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_t(x, self.weight, self.bias)
+
+    @property
+    def rounding_terms(self) -> int:
+        return self.weight.shape[0] * self.weight[0, 0].numel() + 1
 
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()
@@ -164,12 +184,18 @@ class ConvTranspose(Rule):
 class Reduce(Rule):
     """Sum (times `factor`, e.g. 1/n for a mean) over per-sample axes."""
 
+    sums_products = True
+
     def __init__(self, axes: tuple[int, ...], keepdim: bool, factor: float, in_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.axes, self.keepdim, self.factor, self.in_shape = axes, keepdim, factor, in_shape
 
     def forward(self, x: Tensor) -> Tensor:
         return x.sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * self.factor
+
+    @property
+    def rounding_terms(self) -> int:
+        return math.prod(self.in_shape[axis] for axis in self.axes) + 1
 
     def ibp(self, x: Interval) -> Interval:
         terms = 1

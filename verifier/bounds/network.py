@@ -63,10 +63,14 @@ class Network(nn.Module):
         return self.forward_all(x)[self.output]
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
-        """Every node's value for the batch `x` [B, *input_shape]."""
+        """Every node's value for the batch `x` [B, *input_shape]; a node that the model computes
+        in a narrower float type (after a Cast) is rounded to it, as onnxruntime would."""
         values: list[Tensor] = [x]
         for node in self.nodes[1:]:
-            values.append(self.rules[node.rule](*(values[i] for i in node.inputs)))
+            rule = self.rules[node.rule]
+            value = rule(*(values[i] for i in node.inputs))
+            narrower = rule.exec_dtype is not None and torch.finfo(rule.exec_dtype).eps > torch.finfo(value.dtype).eps
+            values.append(value.to(rule.exec_dtype).to(value.dtype) if narrower else value)
         return values
 
     def ancestors(self, index: int) -> list[int]:

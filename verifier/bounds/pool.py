@@ -6,6 +6,8 @@ lower bound, and z <= max_i u_i, or z = x_j exactly when x_j dominates its windo
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,8 @@ def _tuple(value, dims: int) -> tuple[int, ...]:
 
 class AvgPool(Rule):
     """Average pooling as a sum pooling (a convolution with a ones kernel) times a per-position scale."""
+
+    sums_products = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -49,6 +53,10 @@ class AvgPool(Rule):
         summed = _CONV[self.dims](images, self.ones.to(x.dtype), None, self.stride, self.padding)
         return (summed[:, 0] * self.scale.to(x.dtype)).reshape(x.shape[0], *self.out_shape)
 
+    @property
+    def rounding_terms(self) -> int:
+        return math.prod(self.kernel) + 1
+
     def ibp(self, x: Interval) -> Interval:
         terms = 1
         for size in self.kernel:
@@ -68,6 +76,7 @@ class MaxPool2d(Rule):
     """2-d max pooling over the trailing (H, W) axes of the per-sample shape."""
 
     needs_bounds = True
+    exact = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()

@@ -37,6 +37,8 @@ from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register
 class Reshape(Rule):
     """Reinterpret the row-major order of a per-sample shape as another shape."""
 
+    exact = True
+
     preserves_box = True
     selects_only = True
 
@@ -58,6 +60,8 @@ class Reshape(Rule):
 class Transpose(Rule):
     """Permute the per-sample axes by `perm`."""
 
+    exact = True
+
     preserves_box = True
     selects_only = True
 
@@ -78,6 +82,8 @@ class Transpose(Rule):
 
 class Select(Rule):
     """`y[j] = x_flat[index[j]]`, or the constant `fill[j]` where `index[j] == -1`."""
+
+    exact = True
 
     selects_only = True
 
@@ -117,6 +123,8 @@ class Select(Rule):
 
 class Concat(Rule):
     """Concatenate variable inputs and constants along a per-sample axis."""
+
+    exact = True
 
     def __init__(self, axis: int, parts: Sequence[Tensor | tuple[int, ...]]) -> None:
         """`parts` in order: a constant tensor, or the per-sample shape of the next variable input."""
@@ -259,11 +267,39 @@ def shape_factory(builder, module, args):
     return builder.evaluate(module, args)  # static per-sample shapes make Shape a constant
 
 
+class Cast(Rule):
+    """A float-to-float Cast: the identity on the values, plus the rounding to `target` when it is
+    narrower than the float it casts from (its `exec_dtype` is `target`, so the engine bounds that
+    rounding, overflow to inf included); `forward` rounds through `target` as onnxruntime does."""
+
+    preserves_box = True
+
+    def __init__(self, target: torch.dtype) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(self.target).to(x.dtype)
+
+    def ibp(self, x: Interval) -> Interval:
+        return x
+
+    def backward(self, coeffs, x: Interval | None = None) -> Backward:  # dense or window coefficients
+        return Backward([coeffs])
+
+    @property
+    def accepts_patches(self) -> bool:
+        return True
+
+
 @register(cast.OnnxCast, "Cast")
 def cast_factory(builder, module, args):
     if not module.torch_dtype.is_floating_point:
         raise Unsupported(f"Cast of a variable to {module.torch_dtype}")
-    return args[0]
+    target, source = torch.finfo(module.torch_dtype), torch.finfo(builder.exec_dtype_of(args[0]))
+    if target.eps <= source.eps and target.max >= source.max:
+        return args[0]  # to a type at least as wide: exact
+    return builder.add(Cast(module.torch_dtype), [args[0]])
 
 
 @register(nn.Sequential)

@@ -25,6 +25,8 @@ CONVEX, CONCAVE, MIXED = 1, -1, 0
 class Smooth(Elementwise):
     """Subclasses give f, f', the critical points of f(x) - a x, the curvature and the domain."""
 
+    approximated = True
+
     def f(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -126,6 +128,8 @@ class Log(Smooth):
 
 
 class Sqrt(Smooth):
+    approximated = False  # IEEE square roots are correctly rounded
+
     def f(self, x):
         return torch.sqrt(x)
 
@@ -149,6 +153,8 @@ class Sqrt(Smooth):
 
 class Reciprocal(Smooth):
     """1/x on intervals that exclude 0: convex for x > 0, concave for x < 0."""
+
+    approximated = False  # a correctly rounded division
 
     def f(self, x):
         return 1 / x
