@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from verifier.bounds.arith import affine
 from verifier.bounds.core import Interval, Unsupported, register, rounding
-from verifier.bounds.relaxation import Elementwise, LinearRelaxation, extremum_intercepts
+from verifier.bounds.relaxation import Elementwise, LinearRelaxation, clamp_passing, extremum_intercepts
 
 _BISECTION_STEPS = 24
 
@@ -39,7 +39,8 @@ class ReLU(Elementwise):
         upper_slope = torch.where(active, 1.0, torch.where(inactive, 0.0, chord))
         upper_intercept = torch.where(unstable, -lower * upper_slope, 0.0)
         # the lower line through the origin is sound for any slope in [0, 1]
-        free = alpha[0].clamp(0, 1) if alpha is not None else (upper >= -lower).to(lower.dtype)
+        # not Tensor.clamp: its gradient at 0 and 1 (where the slope starts) is 0 since torch 2.14
+        free = clamp_passing(alpha[0], 0, 1) if alpha is not None else (upper >= -lower).to(lower.dtype)
         lower_slope = torch.where(active, 1.0, torch.where(unstable, free, 0.0))
         return LinearRelaxation(lower_slope, torch.zeros_like(lower_slope), upper_slope, upper_intercept)
 

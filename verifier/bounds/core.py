@@ -80,9 +80,9 @@ class Rule(nn.Module):
     # How onnxruntime's result may differ from the exact operator (see `execution_error`): not at
     # all (moves, selections, ReLU, max); or by the rounding of `rounding_terms` operations in
     # `exec_dtype` (the dtype of the node's output in the ONNX graph, set by the graph builder;
-    # None: the dtype the rule computes in), relative to the sum of the absolute values combined,
-    # which rules that add up products (`sums_products`) get from their interval rule on
-    # symmetric operands and the others from their output.
+    # None: real arithmetic, the operator taken as exact), relative to the sum of the absolute
+    # values combined, which rules that add up products (`sums_products`) get from their interval
+    # rule on symmetric operands and the others from their output.
     exact = False
     sums_products = False
     rounding_terms = 1
@@ -98,7 +98,7 @@ class Rule(nn.Module):
     def execution_error(self, *inputs: Interval) -> Tensor | None:
         """Bound [B, *shape] on |onnxruntime's value - the exact operator's value| for operands in
         `inputs`; None when the operator is exact. Infinite where the result may overflow."""
-        if self.exact:
+        if self.exact or self.exec_dtype is None:
             return None
         if self.sums_products:
             sizes = [torch.maximum(x.lower.abs(), x.upper.abs()) for x in inputs]
@@ -107,8 +107,8 @@ class Rule(nn.Module):
             image = self.ibp(*inputs)
         size = torch.maximum(image.lower.abs(), image.upper.abs())
         if self.approximated:
-            return execution_rounding(self.exec_dtype or size.dtype, FUNCTION_ROUNDINGS, size + 1)
-        return execution_rounding(self.exec_dtype or size.dtype, self.rounding_terms, size)
+            return execution_rounding(self.exec_dtype, FUNCTION_ROUNDINGS, size + 1)
+        return execution_rounding(self.exec_dtype, self.rounding_terms, size)
 
     def backward(self, coeffs: Tensor, *inputs: Interval | None) -> Backward:
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
@@ -190,12 +190,17 @@ def rounding(dtype: torch.dtype, terms: int) -> float:
 
 
 def execution_rounding(dtype: torch.dtype, terms: int, size: Tensor) -> Tensor:
-    """Error bound of `terms` roundings in `dtype` on values whose absolute terms add up to `size`:
-    `rounding(dtype, terms) * size`, plus the underflow of each rounding (half a subnormal step),
-    and infinite where the result may pass the largest finite value (onnxruntime gives inf)."""
+    """Error bound of a result computed with `terms` roundings in `dtype` from values whose
+    absolute terms add up to `size`: gamma_k * size with k = terms + 1 and gamma_k = k u / (1 - k u),
+    u the unit roundoff (Higham, Accuracy and Stability, Thm 3.4: a dot product of n terms, in any
+    order, with or without fused multiply-adds, errs by at most gamma_n times the sum of its
+    absolute terms); the extra rounding covers a constant folded in by onnxruntime (a BatchNorm
+    into its Conv, say). Plus the underflow of each rounding (half a subnormal step), and infinite
+    where the result may pass the largest finite value (onnxruntime gives inf)."""
     info = torch.finfo(dtype)
-    error = rounding(dtype, terms) * size + terms * info.smallest_normal * info.eps
-    return torch.where(size * (1 + rounding(dtype, terms)) < info.max, error, torch.inf)
+    k = (terms + 1) * info.eps / 2
+    error = k / (1 - k) * size + terms * info.smallest_normal * info.eps
+    return torch.where(size * (1 + k) < info.max, error, torch.inf)
 
 
 def row_sum(tensor: Tensor) -> Tensor:

@@ -113,6 +113,20 @@ def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBou
     return LinearBound(value.sum(-1), magnitude.sum(-1))
 
 
+def _error_term(coeffs: Tensor | Patches, error: Tensor) -> Tensor:
+    """sum |coeffs| * error per row [B, m]: the worst a node's rounding `error` [B, *shape] moves
+    the linear function (inf where the error is, unless the coefficient is 0)."""
+    if isinstance(coeffs, Patches):
+        if not bool(torch.isfinite(error).all()):
+            return _error_term(coeffs.to_dense(), error)
+        return (coeffs.values.abs() * coeffs.windows(error)).sum(dim=(2, 3, 4))
+    flat = coeffs.reshape(coeffs.shape[0], coeffs.shape[1], -1).abs()
+    error = error.reshape(error.shape[0], -1, 1)
+    if bool(torch.isfinite(error).all()):
+        return torch.bmm(flat, error).squeeze(-1)
+    return torch.where(flat != 0, flat * error.transpose(1, 2), 0.0).sum(-1)
+
+
 def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
                    bounds: list[Interval | None], alphas: AlphaStore | None = None, key: object = None,
                    visit: Visit | None = None, errors: Errors | None = None) -> LinearBound:
@@ -145,8 +159,8 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         rule = network.rules[node.rule]
         error = execution_error(network, index, bounds, errors)
         if error is not None:
-            part = interval_concretize(node_coeffs, Interval(-error, error))
-            total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
+            part = _error_term(node_coeffs, error)
+            total = LinearBound(total.lower - part, total.magnitude + part)
         if not rule.has_linear_rule:
             part = interval_concretize(densify(node_coeffs), bounds[index])
             total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)

@@ -5,10 +5,14 @@ is sound whatever the optimiser does; only its tightness depends on the search. 
 separate per output row and per intermediate sweep, optimised jointly with Adam, projected back
 into their ranges after each step; the best bound of every row and the best interval of every
 intermediate node seen in any iteration are kept. No operator is named here.
+
+A search that cannot move says so on the module's logger: a warning when no parameter receives a
+gradient (the bound stays CROWN's) or when its iterations improve no row over the first one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches
 from verifier.bounds.relaxation import AlphaStore
 from verifier.settings import AlphaSettings
+
+logger = logging.getLogger(__name__)
 
 # Resident memory of an optimisation iteration per byte of intermediate parameters: measured
 # 14x on resnet_4b (322 MiB of parameters, 5.6 GiB peak) and nn4sys normal_1000 (1.1 GiB, 17 GiB),
@@ -52,14 +58,17 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     reference = crown  # best intervals so far; updated only while the intermediate bounds move
     best: LinearBound | None = None
     optimizer = None
-    stalled, iteration = 0, 0
+    first: LinearBound | None = None
+    stalled, iteration, gained = 0, 0, False
     for iteration in range(1, settings.iterations + 1):
         started = time.perf_counter()
         with torch.enable_grad():
             bounds = crown_bounds(network, box, alphas, reference) if fixed is None else fixed
             final = backward_bound(network, network.output, coeffs, bounds, alphas, "final")
         improved = best is None or bool((final.lower.detach() > best.lower + 1e-4 * (1 + best.lower.abs())).any())
+        gained = gained or (improved and best is not None)
         best = keep_best(best, final)
+        first = best if iteration == 1 else first
         if fixed is None:
             reference = _tighter(reference, bounds)
         stalled = 0 if improved else stalled + 1
@@ -71,14 +80,46 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
         if optimizer is None:
             parameters = alphas.parameters()
             if not parameters:
-                break  # nothing to optimise: the bound is CROWN's
+                logger.info("alpha-CROWN: no relaxation has free parameters; the bound is CROWN's")
+                break
             optimizer = Adam(parameters, settings.learning_rate, settings.decay)
         with torch.enable_grad():  # callers may hold a no_grad context
             loss = -final.lower[torch.isfinite(final.lower)].sum()
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+        if optimizer.steps == 0 and not _any_gradient(optimizer.parameters):
+            # nothing can move, so every later iteration would repeat this one
+            logger.warning("alpha-CROWN: none of %d parameter tensors received a gradient; the bound stays "
+                           "CROWN's (every relaxation exact, or autograd gives no subgradient where the "
+                           "parameters start)", len(optimizer.parameters))
+            _clear_gradients(optimizer.parameters)
+            break
         optimizer.step()
         alphas.project()
+    if iteration > 1 and not gained:
+        logger.warning("alpha-CROWN: %d iterations improved no bound row over CROWN's (%s)", iteration,
+                       "patience ran out" if stalled >= settings.patience else "stopped early")
+    elif iteration > 1 and logger.isEnabledFor(logging.INFO):  # the gain costs a host sync
+        logger.info("alpha-CROWN: %d iterations, mean lower-bound gain %.4g over the first", iteration,
+                    _mean_gain(first, best))
     return OptimizedBound(best, reference, iteration)
+
+
+def _any_gradient(parameters: list[Tensor]) -> bool:
+    """Whether any parameter holds a non-zero finite gradient (one host sync)."""
+    sums = [torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0).abs().sum()
+            for p in parameters if p.grad is not None]
+    return bool(sums) and bool(torch.stack(sums).sum() > 0)
+
+
+def _mean_gain(first: LinearBound, best: LinearBound) -> float:
+    finite = torch.isfinite(first.lower) & torch.isfinite(best.lower)
+    return float((best.lower - first.lower)[finite].mean()) if bool(finite.any()) else 0.0
+
+
+def _clear_gradients(parameters: list[Tensor]) -> None:
+    for p in parameters:
+        p.grad = None
 
 
 def _start(network: Network, box: Interval, settings: AlphaSettings) -> tuple[AlphaStore, list[Interval | None]]:

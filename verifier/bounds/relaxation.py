@@ -26,6 +26,18 @@ class LinearRelaxation:
     upper_intercept: Tensor
 
 
+def clamp_passing(x: Tensor, low: float, high: float) -> Tensor:
+    """`x` clamped to [low, high], with derivative 1 on the closed interval and 0 outside, under
+    every torch.
+
+    A relaxation parameter that starts on a bound of its range (ReLU's lower slope starts at 0 or
+    1) must still receive a gradient there. `Tensor.clamp` gave its bounds the subgradient 1 up to
+    torch 2.13; torch 2.14 gives them the minimum-norm subgradient 0 (pytorch/pytorch#184574), which
+    froze every such parameter, so alpha-CROWN silently returned CROWN's bound.
+    """
+    return torch.where((x >= low) & (x <= high), x, x.clamp(low, high))
+
+
 def relaxed_backward(coeffs: Tensor, relaxation: LinearRelaxation) -> Backward:
     """Coefficients on the input and the bias of the lower bound of <coeffs, f(x)>.
 
