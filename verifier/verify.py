@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from verifier.agreement import disagreement
 from verifier.attack import Falsifier
 from verifier.bounds.network import Network
 from verifier.deadline import Deadline
@@ -55,15 +56,20 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
     if deadline.expired():
         return Outcome("timeout", timings=timings)
 
+    np_dtype = np.float32 if model.dtype == torch.float32 else np.float64
+    checker = OnnxChecker(model_path, model.input_name, model.input_shape, np_dtype)
+    falsifier = Falsifier(network, spec, checker, settings.attack, seed, deadline.remaining)
+    differs = disagreement(network, spec, checker, seed)
+    if differs is not None:  # the bounds would be of another network: attack only
+        log.warning("%s: %s; no proof is attempted", model_path, differs)
+        return _attack_only(falsifier, deadline, timings)
+
     proof = prove(network, spec, "ibp")
     timings["ibp"] = proof.seconds
     log.info("ibp: %d/%d boxes proved in %.3fs", proof.proved.sum(), spec.cases, proof.seconds)
     if proof.all_proved:
         return Outcome("unsat", decided_by="ibp", timings=timings)
 
-    np_dtype = np.float32 if model.dtype == torch.float32 else np.float64
-    checker = OnnxChecker(model_path, model.input_name, model.input_shape, np_dtype)
-    falsifier = Falsifier(network, spec, checker, settings.attack, seed, deadline.remaining)
     found = _attack(falsifier, settings.attack.rounds, deadline.fraction(settings.attack.time_share), timings)
     if found is not None:
         return Outcome("sat", found, decided_by="attack", timings=timings)
@@ -86,12 +92,15 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
             and _branch(network, spec, proof, settings, deadline, timings):
         return Outcome("unsat", decided_by="branch and bound", timings=timings)
 
-    if deadline.at is not None:  # nothing left to prove with: keep attacking until the deadline
-        found = _attack(falsifier, None, deadline, timings)
-        if found is not None:
-            return Outcome("sat", found, decided_by="attack", timings=timings)
-        return Outcome("timeout", timings=timings)  # the attack stops only for the deadline
-    return Outcome("unknown", timings=timings)
+    return _attack_only(falsifier, deadline, timings)
+
+
+def _attack_only(falsifier: Falsifier, deadline: Deadline, timings: dict[str, float]) -> Outcome:
+    """Nothing left to prove with: keep attacking until the deadline (one round without one)."""
+    found = _attack(falsifier, None if deadline.at is not None else 1, deadline, timings)
+    if found is not None:
+        return Outcome("sat", found, decided_by="attack", timings=timings)
+    return Outcome("timeout" if deadline.at is not None else "unknown", timings=timings)
 
 
 def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, deadline: Deadline,

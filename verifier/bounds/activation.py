@@ -240,8 +240,9 @@ def clip_factory(builder, module, args):
         low, high = module.min_val, module.max_val
     else:
         low, high = module.min_val, module.max_val
-    low = None if low is None else float(low)
-    high = None if high is None else float(high)
+    # an absent bound, or an infinite one (Clip with min = -inf), clips nothing on that side
+    low = None if low is None or float(low) == -float("inf") else float(low)
+    high = None if high is None or float(high) == float("inf") else float(high)
     return _clip(builder, args[0], low, high)
 
 

@@ -1,7 +1,10 @@
-"""Softmax, decomposed into rules that already exist: exp, a sum, a reciprocal and a product.
+"""Softmax, decomposed into rules that already exist: differences, exp, a sum and a reciprocal.
 
-softmax(x)_i = exp(x_i) * 1 / sum_j exp(x_j), so its IBP and linear bounds follow from those of
-Exp, Reduce, Reciprocal and Multiply without a rule of its own.
+softmax(x)_i = 1 / sum_j exp(x_j - x_i), so its IBP and linear bounds follow from those of
+WeightedSum, Exp, Reduce and Reciprocal without a rule of its own. Unlike exp(x_i) / sum_j
+exp(x_j) it never overflows for large logits (the term j = i is exp(0) = 1, the sum is at least
+1), as onnxruntime's own max-shifted evaluation does not, and its bounds are tighter: the
+differences cancel the logits' common part before the exponential.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
 from torch import nn
 
-from verifier.bounds.bilinear import multiply
+from verifier.bounds.arith import WeightedSum
 from verifier.bounds.core import Unsupported, register
 from verifier.bounds.linear import Reduce
 from verifier.bounds.shape import Reshape
@@ -19,9 +22,14 @@ from verifier.bounds.smooth import Exp, reciprocal
 
 
 def _softmax(builder, x, axis: int):
-    exponentials = builder.add(Exp(), [x])
-    total = builder.add(Reduce((axis,), True, 1.0, exponentials.shape), [exponentials])
-    return multiply(builder, exponentials, reciprocal(builder, total))
+    shape = x.shape
+    rows = builder.add(Reshape(shape, shape[:axis + 1] + (1,) + shape[axis + 1:]), [x])   # x_i
+    columns = builder.add(Reshape(shape, shape[:axis] + (1,) + shape[axis:]), [x])       # x_j
+    pairs = shape[:axis + 1] + (shape[axis],) + shape[axis + 1:]
+    differences = builder.add(WeightedSum((1.0, -1.0), [columns.shape, rows.shape]), [columns, rows])
+    exponentials = builder.add(Exp(), [differences])
+    total = builder.add(Reduce((axis + 1,), False, 1.0, pairs), [exponentials])
+    return reciprocal(builder, total)
 
 
 @register(nn.Softmax, "Softmax")
