@@ -1,4 +1,4 @@
-"""alpha-CROWN gains over CROWN under any torch, and logs a warning when it cannot move.
+"""alpha-CROWN gains over CROWN under any torch, and says so (at INFO, `verify -v`) when it cannot move.
 
 torch 2.14 gave `Tensor.clamp` the subgradient 0 at its bounds; ReLU's lower slopes start at 0 or
 1 and went through a clamp, so no parameter received a gradient and alpha-CROWN returned CROWN's
@@ -48,8 +48,10 @@ def _gaps(network, box) -> tuple[float, float]:
     return float((crown[1] - crown[0]).mean()), float((alpha[1] - alpha[0]).mean())
 
 
-def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
+def _stalls(caplog) -> list[str]:
+    """What the optimiser said about not moving (INFO, which `verify -v` shows)."""
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.INFO
+            and ("received a gradient" in r.getMessage() or "improved no bound" in r.getMessage())]
 
 
 def test_clamp_passing_has_derivative_one_on_its_bounds():
@@ -60,12 +62,12 @@ def test_clamp_passing_has_derivative_one_on_its_bounds():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
-def test_alpha_crown_gains_over_crown_and_logs_no_warning(caplog):
+def test_alpha_crown_gains_over_crown_and_says_nothing_of_stalling(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     network = random_relu_network()
     crown, alpha = _gaps(network, random_box(network))
     assert alpha < 0.95 * crown
-    assert _warnings(caplog) == []
+    assert _stalls(caplog) == []
 
 
 def test_no_gradient_is_logged(caplog, monkeypatch):
@@ -76,7 +78,7 @@ def test_no_gradient_is_logged(caplog, monkeypatch):
     network = random_relu_network()
     crown, alpha = _gaps(network, random_box(network))
     assert alpha == crown
-    assert any("received a gradient" in message for message in _warnings(caplog))
+    assert any("received a gradient" in message for message in _stalls(caplog))
 
 
 def test_iterations_that_improve_nothing_are_logged(caplog, monkeypatch):
@@ -89,4 +91,4 @@ def test_iterations_that_improve_nothing_are_logged(caplog, monkeypatch):
     network = random_relu_network()
     crown, alpha = _gaps(network, random_box(network))
     assert alpha == crown
-    assert any("improved no bound" in message for message in _warnings(caplog))
+    assert any("improved no bound" in message for message in _stalls(caplog))

@@ -100,15 +100,20 @@ class Rule(nn.Module):
         `inputs`; None when the operator is exact. Infinite where the result may overflow."""
         if self.exact or self.exec_dtype is None:
             return None
+        size = self.magnitude(*inputs)
+        if self.approximated:
+            return execution_rounding(self.exec_dtype, FUNCTION_ROUNDINGS, size + 1)
+        return execution_rounding(self.exec_dtype, self.rounding_terms, size)
+
+    def magnitude(self, *inputs: Interval) -> Tensor:
+        """[B, *shape]: a bound on the sum of the absolute values the operator combines (for sums
+        of products, sum |w x| + |b|, from the interval rule on symmetric operands), else on |output|."""
         if self.sums_products:
             sizes = [torch.maximum(x.lower.abs(), x.upper.abs()) for x in inputs]
             image = self.ibp(*(Interval(-size, size) for size in sizes))
         else:
             image = self.ibp(*inputs)
-        size = torch.maximum(image.lower.abs(), image.upper.abs())
-        if self.approximated:
-            return execution_rounding(self.exec_dtype, FUNCTION_ROUNDINGS, size + 1)
-        return execution_rounding(self.exec_dtype, self.rounding_terms, size)
+        return torch.maximum(image.lower.abs(), image.upper.abs())
 
     def backward(self, coeffs: Tensor, *inputs: Interval | None) -> Backward:
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""

@@ -39,6 +39,10 @@ class Linear(Rule):
     def rounding_terms(self) -> int:
         return self.weight.shape[1] + 1
 
+    def magnitude(self, x: Interval) -> Tensor:
+        return F.linear(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
+                        None if self.bias is None else self.bias.abs())
+
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()
         magnitude = F.linear(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
@@ -90,6 +94,10 @@ class Conv(Rule):
     @property
     def rounding_terms(self) -> int:
         return self.weight[0].numel() + 1
+
+    def magnitude(self, x: Interval) -> Tensor:
+        return self._conv(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
+                          None if self.bias is None else self.bias.abs())
 
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()
@@ -163,6 +171,10 @@ class ConvTranspose(Rule):
     @property
     def rounding_terms(self) -> int:
         return self.weight.shape[0] * self.weight[0, 0].numel() + 1
+
+    def magnitude(self, x: Interval) -> Tensor:
+        return self._conv_t(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
+                            None if self.bias is None else self.bias.abs())
 
     def ibp(self, x: Interval) -> Interval:
         size = self.weight.abs()

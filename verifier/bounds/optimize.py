@@ -6,8 +6,9 @@ separate per output row and per intermediate sweep, optimised jointly with Adam,
 into their ranges after each step; the best bound of every row and the best interval of every
 intermediate node seen in any iteration are kept. No operator is named here.
 
-A search that cannot move says so on the module's logger: a warning when no parameter receives a
-gradient (the bound stays CROWN's) or when its iterations improve no row over the first one.
+A search that cannot move says so on the module's logger (INFO, shown by `verify -v`): when no
+parameter receives a gradient (the bound stays CROWN's) or when its iterations improve no row
+over the first one.
 """
 
 from __future__ import annotations
@@ -89,16 +90,16 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
                 loss.backward()
         if optimizer.steps == 0 and not _any_gradient(optimizer.parameters):
             # nothing can move, so every later iteration would repeat this one
-            logger.warning("alpha-CROWN: none of %d parameter tensors received a gradient; the bound stays "
-                           "CROWN's (every relaxation exact, or autograd gives no subgradient where the "
-                           "parameters start)", len(optimizer.parameters))
+            logger.info("alpha-CROWN: none of %d parameter tensors received a gradient; the bound stays "
+                        "CROWN's (every relaxation exact, or autograd gives no subgradient where the "
+                        "parameters start)", len(optimizer.parameters))
             _clear_gradients(optimizer.parameters)
             break
         optimizer.step()
         alphas.project()
     if iteration > 1 and not gained:
-        logger.warning("alpha-CROWN: %d iterations improved no bound row over CROWN's (%s)", iteration,
-                       "patience ran out" if stalled >= settings.patience else "stopped early")
+        logger.info("alpha-CROWN: %d iterations improved no bound row over CROWN's (%s)", iteration,
+                    "patience ran out" if stalled >= settings.patience else "stopped early")
     elif iteration > 1 and logger.isEnabledFor(logging.INFO):  # the gain costs a host sync
         logger.info("alpha-CROWN: %d iterations, mean lower-bound gain %.4g over the first", iteration,
                     _mean_gain(first, best))
