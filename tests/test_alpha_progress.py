@@ -10,30 +10,19 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
+from verifier.benchmarks import alpha_gain
 from verifier.bounds import activation
 from verifier.bounds.core import Interval
 from verifier.bounds.optimize import Adam
 from verifier.bounds.relaxation import clamp_passing
-from verifier.graph import build_network
-from verifier.load import LoadedModel
 from verifier.output_bounds import raw_output_bounds
 
 LOGGER = "verifier.bounds.optimize"
 
 
 def random_relu_network(seed: int = 0, widths: tuple[int, ...] = (6, 32, 32, 4)):
-    generator = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(widths, widths[1:]):
-        linear = nn.Linear(n_in, n_out)
-        with torch.no_grad():
-            linear.weight.copy_(1.5 * torch.randn(n_out, n_in, generator=generator) / n_in ** 0.5)
-            linear.bias.copy_(0.1 * torch.randn(n_out, generator=generator))
-        layers += [linear, nn.ReLU()]
-    module = torch.fx.symbolic_trace(nn.Sequential(*layers[:-1]).double())
-    return build_network(LoadedModel("relu", module, "x", (1, widths[0]), (1, widths[-1]), torch.float64))
+    return alpha_gain.random_relu_network(seed, widths)[1]
 
 
 def random_box(network, seed: int = 0, radius: float = 0.5) -> Interval:
