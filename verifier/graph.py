@@ -170,13 +170,26 @@ def _fetch_attr(module: torch.nn.Module, target: str) -> Tensor:
 
 
 def _positional(target, args: tuple, kwargs: dict) -> list:
+    """The operands as one positional list, up to the last one given.
+
+    onnx2torch passes the operands after a skipped optional input (Resize's empty roi, Slice's
+    empty axes) by keyword: the skipped ones become their defaults, so that every later operand
+    keeps its position (appending them would hand Resize's scales to its roi).
+    """
     if not kwargs:
         return list(args)
     try:
-        bound = inspect.signature(target.forward if hasattr(target, "forward") else target).bind(*args, **kwargs)
+        signature = inspect.signature(target.forward if hasattr(target, "forward") else target)
+        bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         return list(args) + list(kwargs.values())
-    return list(bound.args) + list(bound.kwargs.values())
+    names = list(signature.parameters)
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(signature.parameters[name].kind not in plain for name in names):
+        return list(bound.args) + list(bound.kwargs.values())
+    last = max(names.index(name) for name in bound.arguments)
+    bound.apply_defaults()
+    return [bound.arguments[name] for name in names[:last + 1]]
 
 
 def _flatten(values) -> list:
