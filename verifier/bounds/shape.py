@@ -17,6 +17,7 @@ from onnx2torch.node_converters import (
     expand,
     flatten,
     gather,
+    identity,
     pad,
     resize,
     split,
@@ -174,6 +175,7 @@ def _single_variable_first(builder, module, args) -> None:
 @register(unsqueeze.OnnxUnsqueezeStaticAxes, "Unsqueeze")
 @register(unsqueeze.OnnxUnsqueezeDynamicAxes, "Unsqueeze")
 @register(nn.Identity, "Identity")
+@register(identity.OnnxCopyIdentity, "Identity")
 @register(nn.Dropout, "Dropout")
 @register(OnnxDropoutDynamic, "Dropout")
 def reshape_like(builder, module, args):
@@ -227,6 +229,7 @@ def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, .
 @register(nn.ConstantPad3d, "Pad")
 @register(nn.ZeroPad2d, "Pad")
 @register(resize.OnnxResize, "Resize", "Upsample")
+@register(resize.OnnxResizeV10, "Resize")
 @register(tile.OnnxTile, "Tile")
 @register(split.OnnxSplit, "Split")
 @register(split.OnnxSplit13, "Split")
