@@ -31,6 +31,10 @@ class ReLU(Elementwise):
     def relevant(self, bounds: Interval) -> Tensor:
         return (bounds.lower < 0) & (bounds.upper > 0)
 
+    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
+        # the intercept of the upper line (the chord) at 0: the chord's largest gap above relu
+        return -lower * upper / (upper - lower).clamp(min=1e-30)
+
     def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
         active, inactive = lower >= 0, upper <= 0
         unstable = ~(active | inactive)

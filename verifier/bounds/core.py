@@ -85,6 +85,12 @@ class Rule(nn.Module):
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
         raise NotImplementedError
 
+    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """For a `splits_at_zero` rule: how loose its relaxation is at each neuron of its input with
+        bounds lower < 0 < upper, which a split at 0 removes. Branch and bound weighs it by what
+        the open rows' coefficients pay for it (a BaBSR-like score) to choose the neuron to split."""
+        raise NotImplementedError
+
     def relevant(self, bounds: Interval) -> Tensor | None:
         """Which neurons of an input benefit from tighter bounds ([B, *shape] bool); None: all."""
         return None
