@@ -77,6 +77,8 @@ class Rule(nn.Module):
     # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
     # bound splits their input there, which makes the rule exact on both sides.
     splits_at_zero = False
+    # True when `backward` takes an `alpha` slot (free relaxation parameters, alpha-CROWN).
+    has_alpha = False
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError
