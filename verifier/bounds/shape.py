@@ -32,7 +32,7 @@ from onnx2torch.node_converters import slice as onnx_slice
 from onnx2torch.node_converters.dropout import OnnxDropoutDynamic
 from torch import Tensor, nn
 
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, factory_for, register, row_sum
 
 
 class Reshape(Rule):
@@ -158,6 +158,14 @@ class Concat(Rule):
         return Backward(inputs, bias)
 
 
+def align_rank(builder, value, rank: int):
+    """Prepend size-1 axes to a variable so that its per-sample rank is `rank` (for broadcasting)."""
+    shape = value.shape
+    if len(shape) >= rank:
+        return value
+    return builder.add(Reshape(shape, (1,) * (rank - len(shape)) + tuple(shape)), [value])
+
+
 def _variables(builder, args) -> list:
     return [a for a in args if builder.is_variable(a)]
 
@@ -271,8 +279,6 @@ def cast_factory(builder, module, args):
 
 @register(nn.Sequential)
 def sequential_factory(builder, module, args):
-    from verifier.bounds.core import factory_for
-
     value = args[0]
     for child in module:
         factory = factory_for(child)
