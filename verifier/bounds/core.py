@@ -72,7 +72,7 @@ class Rule(nn.Module):
     # True for single-input rules that only move or copy values (reshape, transpose, selections):
     # their interval is exactly the selection of their input's, so bounds are refined before them.
     selects_only = False
-    # True when `backward` also takes window coefficients (bounds/patches.py); others get dense ones.
+    # True when `backward` also takes window coefficients (patches.py); others get dense ones.
     accepts_patches = False
     # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
     # bound splits their input there, which makes the rule exact on both sides.
