@@ -19,7 +19,7 @@ from verifier.bounds import factory_for
 from verifier.bounds.core import Rule, Unsupported
 from verifier.bounds.network import Network, Node
 from verifier.errors import ModelError
-from verifier.load import LoadedModel
+from verifier.load import LoadedModel, describe_unsupported
 
 
 class Value:
@@ -116,9 +116,7 @@ def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
             elif node.op == "output":
                 output = env[node.args[0]] if not isinstance(node.args[0], (tuple, list)) else None
     if unsupported:
-        listed = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
-                           for op, names in sorted(unsupported.items()))
-        raise ModelError(model.path, f"unsupported operators: {listed}")
+        raise ModelError(model.path, f"unsupported operators: {describe_unsupported(unsupported)}")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
     return Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
