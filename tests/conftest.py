@@ -67,10 +67,10 @@ def float64_first_box(model_path, prop_path, shrink: float = 1.0):
     from verifier.spec import Spec
     from verifier.vnnlib import parse_file
 
-    model = cached_model(str(model_path))
-    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
-    case = prop.cases[0]
-    try:
+    try:  # the loader refuses operators that no rule covers, the graph builder uses they cannot bound
+        model = cached_model(str(model_path))
+        prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
+        case = prop.cases[0]
         network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2)).double()
     except ModelError as error:
         pytest.skip(f"not supported: {error}")

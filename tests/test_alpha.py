@@ -193,3 +193,13 @@ def test_adam_matches_torch_adam_with_exponential_decay():
         schedule.step()
     assert ours.grad is None
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_only_rules_with_free_parameters_declare_alpha():
+    # the engine passes an alpha slot only where Rule.has_alpha says so (default False)
+    from verifier.bounds.core import Rule
+    from verifier.bounds.linear import Reduce
+
+    assert Rule.has_alpha is False
+    assert activation.ReLU().has_alpha and activation.Sigmoid().has_alpha
+    assert not activation.Sign().has_alpha and not Reduce((0,), True, 1.0, (2,)).has_alpha

@@ -119,6 +119,36 @@ def test_every_unsupported_operator_is_named_at_once(tmp_path):
         assert op in message
 
 
+def test_operators_without_a_rule_are_named_before_conversion(tmp_path):
+    # Hardmax has no onnx2torch converter (conversion would fail), Floor converts but has no rule
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Hardmax", ["a"], ["b"], name="h"),
+             helper.make_node("Floor", ["b"], ["y"], name="f")]
+    path = tmp_path / "m.onnx"
+    onnx.save(_tiny_model(nodes), path)
+    with pytest.raises(ModelError) as caught:
+        load_model(str(path))
+    assert str(caught.value) == f"{path}: unsupported operators: Floor (nodes: f); Hardmax (nodes: h)"
+
+
+def test_constants_computed_by_operators_without_a_rule_are_folded(tmp_path):
+    # Shape ends the variable path: ConstantOfShape, Equal and Where only see constants
+    k = [numpy_helper.from_array(np.array(v, dtype=np.float32), f"k{i}") for i, v in enumerate([1.0, 2.0, 0.25, -1.0])]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["c"],
+                              value=numpy_helper.from_array(np.array([0.5], dtype=np.float32))),
+             helper.make_node("Equal", ["k0", "k1"], ["e"]),
+             helper.make_node("Where", ["e", "k2", "k3"], ["v"]),
+             helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Add", ["a", "c"], ["b"]),
+             helper.make_node("Mul", ["b", "v"], ["y"])]
+    path = tmp_path / "m.onnx"
+    onnx.save(_tiny_model(nodes, k), path)
+    network = build_network(load_model(str(path)))
+    x = torch.tensor([[[1.0, -2.0]]])
+    assert torch.allclose(network(x), -(x + 0.5))
+
+
 def test_duplicate_and_empty_node_names_are_made_unique(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="same"),
              helper.make_node("Relu", ["a"], ["b"], name="same"),

@@ -38,3 +38,15 @@ def test_window_sweeps_equal_dense_sweeps(family, seed):
             torch.testing.assert_close(got.magnitude, expected.magnitude, rtol=1e-9, atol=1e-9)
             checked += 1
     assert checked >= 2
+
+
+def test_window_padding_is_never_negative():
+    # sweeps start unpadded and convolutions only add padding; a negative one is a bug where made
+    from verifier.bounds.patches import Patches
+
+    rows = identity_patches(torch.tensor([0, 5]), torch.ones(2), 1, (1, 2, 3, 3), torch.float64)
+    assert rows.padding == (0, 0)
+    with pytest.raises(ValueError, match="negative"):
+        rows.with_values(rows.values, padding=(1, -1))
+    with pytest.raises(ValueError, match="negative"):
+        Patches(rows.values, (1, 1), (-1, 0), rows.position, rows.shape)

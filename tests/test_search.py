@@ -196,3 +196,12 @@ def test_without_a_time_limit_the_search_runs_to_its_end():
     for on in ("relu", "input"):
         result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16), lambda: float("inf"), on)
         assert result.reason in ("proved", "no split left", "too many domains"), result
+
+
+def test_the_split_score_is_the_relu_upper_line_intercept():
+    # branch and bound asks the rule how loose it is; for ReLU that is the chord's intercept at 0
+    from verifier.bounds.activation import ReLU
+
+    lower, upper = torch.tensor([-1.0, -3.0, -0.5]), torch.tensor([1.0, 1.0, 4.0])
+    relaxation = ReLU().relax(lower, upper)
+    assert torch.allclose(ReLU().split_score(lower, upper), relaxation.upper_intercept)

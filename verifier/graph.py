@@ -18,7 +18,7 @@ from verifier.bounds import factory_for
 from verifier.bounds.core import Rule, Unsupported
 from verifier.bounds.network import Network, Node
 from verifier.errors import ModelError
-from verifier.load import LoadedModel
+from verifier.load import LoadedModel, describe_unsupported
 
 
 class Value:
@@ -126,9 +126,7 @@ def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
             elif node.op == "output":
                 output = env[node.args[0]] if not isinstance(node.args[0], (tuple, list)) else None
     if unsupported:
-        listed = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
-                           for op, names in sorted(unsupported.items()))
-        raise ModelError(model.path, f"unsupported operators: {listed}")
+        raise ModelError(model.path, f"unsupported operators: {describe_unsupported(unsupported)}")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
     return Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
@@ -189,13 +187,26 @@ def _fetch_attr(module: torch.nn.Module, target: str) -> Tensor:
 
 
 def _positional(target, args: tuple, kwargs: dict) -> list:
+    """The operands as one positional list, up to the last one given.
+
+    onnx2torch passes the operands after a skipped optional input (Resize's empty roi, Slice's
+    empty axes) by keyword: the skipped ones become their defaults, so that every later operand
+    keeps its position (appending them would hand Resize's scales to its roi).
+    """
     if not kwargs:
         return list(args)
     try:
-        bound = inspect.signature(target.forward if hasattr(target, "forward") else target).bind(*args, **kwargs)
+        signature = inspect.signature(target.forward if hasattr(target, "forward") else target)
+        bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         return list(args) + list(kwargs.values())
-    return list(bound.args) + list(bound.kwargs.values())
+    names = list(signature.parameters)
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(signature.parameters[name].kind not in plain for name in names):
+        return list(bound.args) + list(bound.kwargs.values())
+    last = max(names.index(name) for name in bound.arguments)
+    bound.apply_defaults()
+    return [bound.arguments[name] for name in names[:last + 1]]
 
 
 def _flatten(values) -> list:

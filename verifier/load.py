@@ -1,9 +1,10 @@
 """ONNX file -> torch.fx GraphModule, with the fixes that competition models need.
 
-The fixes (see onnx-loader-notes.md): a torchvision guard, unique node names, no trailing empty
-optional inputs, an opset upgrade when direct conversion fails, batch-1 Reshape constants made
-batch-agnostic, eval mode, float64 models kept in float64, `.onnx.gz` read in memory, and nothing
-ever written beside the input file.
+The fixes (see shared/docs/onnx-loader-notes.md): a torchvision guard, unique node names, no
+trailing empty optional inputs, an opset upgrade when direct conversion fails, batch-1 Reshape
+constants made batch-agnostic, eval mode, float64 models kept in float64, `.onnx.gz` read in
+memory, and nothing ever written beside the input file. Before conversion, every operator on a
+path from the input that no bound rule registers is named in one error.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ def load_model(path: str) -> LoadedModel:
     model.CopyFrom(original)
     _make_node_names_unique(model)
     _strip_empty_trailing_inputs(model)
+    unbounded = _unbounded_operators(model, input_name)
+    if unbounded:
+        raise ModelError(path, f"unsupported operators: {describe_unsupported(unbounded)}")
     onnx2torch = import_onnx2torch()
     _register_extra_converters()
     module = None
@@ -147,6 +151,36 @@ def _node_dtypes(model: onnx.ModelProto) -> dict[str, torch.dtype]:
     types.update({init.name: init.data_type for init in graph.initializer})
     return {node.name: _VALUE_DTYPES[types[node.output[0]]] for node in graph.node
             if node.output and types.get(node.output[0]) in _VALUE_DTYPES}
+
+
+def _unbounded_operators(model: onnx.ModelProto, input_name: str) -> dict[str, list[str]]:
+    """Node names by op type, for every node on a path from the input that no bound rule covers.
+
+    Nodes off every such path compute constants, which the graph builder folds: they need no
+    rule. Shape ends a path, since per-sample shapes are static (the builder folds it too).
+    The builder still refuses uses that a registered rule cannot bound.
+    """
+    from verifier.bounds import supported_onnx_ops  # here: witness.py reads files without the engine
+
+    supported = supported_onnx_ops()
+    variable = {input_name}
+    found: dict[str, list[str]] = {}
+    for node in model.graph.node:  # ONNX graphs list their nodes in topological order
+        if not any(name in variable for name in node.input):
+            continue
+        default_domain = node.domain in ("", "ai.onnx")
+        op_type = node.op_type if default_domain else f"{node.domain}.{node.op_type}"
+        if op_type not in supported:
+            found.setdefault(op_type, []).append(node.name)
+        if not (default_domain and node.op_type == "Shape"):
+            variable.update(node.output)
+    return found
+
+
+def describe_unsupported(nodes: dict[str, list[str]]) -> str:
+    """`op (nodes: a, b, c ...); ...` for unsupported op types and their nodes."""
+    return "; ".join(f"{op} (nodes: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''})"
+                     for op, names in sorted(nodes.items()))
 
 
 def _make_node_names_unique(model: onnx.ModelProto) -> None:

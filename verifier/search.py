@@ -11,7 +11,8 @@ root's), and the split constraints
 `s z <= 0` enter the final sweep as Lagrangian terms `beta s z` with beta >= 0 (beta-CROWN, Wang et
 al. 2021), which are <= 0 wherever the constraints hold. The two children of a split cover their
 parent, so the box is proved when every leaf is. The neuron to split is chosen by a BaBSR-like
-score (Bunel et al. 2020): how much its upper line's intercept costs the rows not yet proved.
+score (Bunel et al. 2020): how much the looseness of its rule's relaxation (`Rule.split_score`,
+for ReLU its upper line's intercept) costs the rows not yet proved.
 """
 
 from __future__ import annotations
@@ -274,28 +275,28 @@ class _Search(_Case):
         """[N, 2] (split node, flat neuron) with the largest score per domain; (-1, -1) where no
         neuron is unstable."""
         count = open_rows.shape[0]
-        scores, intercepts, owners, neurons = [], [], [], []
+        scores, loosenesses, owners, neurons = [], [], [], []
         for z, y in self.splits.items():
             lower = bounds[z].lower.reshape(count, -1)
             upper = bounds[z].upper.reshape(count, -1)
             unstable = (lower < 0) & (upper > 0)
-            intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp(min=1e-30), -torch.inf)
+            loose = torch.where(unstable, self.network.rule(y).split_score(lower, upper), -torch.inf)
             if y in seen:
                 cost = (seen[y].reshape(count, seen[y].shape[1], -1).clamp(max=0).neg()
                         * open_rows.unsqueeze(-1)).sum(1)
-                score = torch.where(unstable, cost * intercept, -torch.inf)
+                score = torch.where(unstable, cost * loose, -torch.inf)
             else:
-                score = torch.full_like(intercept, -torch.inf)
+                score = torch.full_like(loose, -torch.inf)
             scores.append(score)
-            intercepts.append(intercept)
+            loosenesses.append(loose)
             owners.append(torch.full((lower.shape[1],), z, dtype=torch.long, device=lower.device))
             neurons.append(torch.arange(lower.shape[1], device=lower.device))
-        score, intercept = torch.cat(scores, 1), torch.cat(intercepts, 1)
-        # where no unstable neuron costs the open rows anything, split the widest relaxation
+        score, loose = torch.cat(scores, 1), torch.cat(loosenesses, 1)
+        # where no unstable neuron costs the open rows anything, split the loosest relaxation
         useful = score.amax(1, keepdim=True) > 0
-        pick = torch.where(useful, score, intercept).argmax(1)
+        pick = torch.where(useful, score, loose).argmax(1)
         choice = torch.stack([torch.cat(owners)[pick], torch.cat(neurons)[pick]], 1)
-        none = ~torch.isfinite(intercept.gather(1, pick.unsqueeze(1)).squeeze(1))
+        none = ~torch.isfinite(loose.gather(1, pick.unsqueeze(1)).squeeze(1))
         return torch.where(none.unsqueeze(1), torch.full_like(choice, -1), choice)
 
 

@@ -9,10 +9,11 @@ where `magnitude` is the size of the terms summed into the bound. 1e-4 is the co
 checker's own slack on the property (a counterexample within 1e-4 of violating it is accepted),
 so we never claim a proof that a checked counterexample could contradict. rel(dtype) is the
 rounding allowance of a sum of 2048 terms, (2048 + 2) eps: 2.4e-4 in float32 and 4.6e-13 in
-float64, far above the float32-float64 differences we measure on the shared models
-(tests/test_margin.py). Intermediate bounds carry the same kind of allowance (engine and
-interval rules), so a proof stays sound when the arithmetic rounds. Rows that fail only the
-float32 margin are recomputed in float64.
+float64 (`core.rounding`). tests/test_soundness_random.py checks float32 bounds against sampled
+values on random graphs; no test yet compares float32 with float64 bounds on the shared models.
+Intermediate bounds carry the same kind of allowance (engine and interval rules), so a proof
+stays sound when the arithmetic rounds. Rows that fail only the float32 margin are recomputed in
+float64.
 """
 
 from __future__ import annotations

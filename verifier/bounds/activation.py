@@ -12,7 +12,8 @@ from onnx2torch.node_converters.clip import OnnxClip
 from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
 
-from verifier.bounds.arith import affine
+from verifier.bounds import smooth
+from verifier.bounds.arith import WeightedSum, affine
 from verifier.bounds.core import Interval, Unsupported, register, rounding
 from verifier.bounds.relaxation import Elementwise, LinearRelaxation, clamp_passing, extremum_intercepts
 
@@ -31,6 +32,10 @@ class ReLU(Elementwise):
 
     def relevant(self, bounds: Interval) -> Tensor:
         return (bounds.lower < 0) & (bounds.upper > 0)
+
+    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
+        # the intercept of the upper line (the chord) at 0: the chord's largest gap above relu
+        return -lower * upper / (upper - lower).clamp(min=1e-30)
 
     def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
         active, inactive = lower >= 0, upper <= 0
@@ -207,8 +212,6 @@ def tanh_factory(builder, module, args):
 @register(nn.LeakyReLU, "LeakyRelu")
 def leaky_relu_factory(builder, module, args):
     # leaky(x) = slope * x + (1 - slope) * relu(x), exact for slope < 1.
-    from verifier.bounds.arith import WeightedSum
-
     x = args[0]
     slope = float(module.negative_slope)
     if not 0 <= slope < 1:
@@ -219,8 +222,6 @@ def leaky_relu_factory(builder, module, args):
 
 def _clip(builder, x, low: float | None, high: float | None):
     # clip(x, a, b) = a + relu(x - a) - relu(x - b); each side is optional.
-    from verifier.bounds.arith import WeightedSum
-
     out = x
     if low is not None:
         shifted = affine(builder, out, shift=torch.tensor(-low))
@@ -253,6 +254,4 @@ def function_factory(builder, module, args):
         return builder.add(Tanh(), [args[0]])
     if name == "sign":
         return builder.add(Sign(), [args[0]])
-    from verifier.bounds import smooth
-
     return smooth.function(builder, name, args[0])

@@ -13,9 +13,11 @@ from onnx2torch.node_converters.sum import OnnxSum
 from onnx2torch.utils.common import old_style_broadcast
 from torch import Tensor
 
+from verifier.bounds import bilinear
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
 from verifier.bounds.patches import Patches
-from verifier.bounds.shape import Reshape
+from verifier.bounds.shape import align_rank
+from verifier.bounds.smooth import reciprocal
 
 
 class Affine(Rule):
@@ -107,14 +109,6 @@ class WeightedSum(Rule):
         return Backward([sum_to_shape(coeffs * w, shape) for w, shape in zip(self.weights, self.in_shapes)])
 
 
-def align_rank(builder, value, rank: int):
-    """Prepend size-1 axes to a variable so that its per-sample rank is `rank` (for broadcasting)."""
-    shape = value.shape
-    if len(shape) >= rank:
-        return value
-    return builder.add(Reshape(shape, (1,) * (rank - len(shape)) + tuple(shape)), [value])
-
-
 def affine(builder, x, scale: Tensor | None = None, shift: Tensor | None = None):
     """Add `x * scale + shift` (constants in the model's per-sample layout) to the graph."""
     rank = max([len(x.shape)] + [t.dim() for t in (scale, shift) if t is not None])
@@ -152,15 +146,11 @@ def binary_factory(builder, module, args):
     if op == "_onnx_div" and variable[0]:
         return affine(builder, x, scale=1.0 / constant)
     if op == "_onnx_div":
-        from verifier.bounds.smooth import reciprocal
-
         return affine(builder, reciprocal(builder, x), scale=constant)
     raise Unsupported(f"binary operation '{op}'")
 
 
 def _two_variables(builder, op: str, first, second):
-    from verifier.bounds import bilinear
-
     if op in ("add", "sub"):
         rank = max(len(first.shape), len(second.shape))
         first, second = align_rank(builder, first, rank), align_rank(builder, second, rank)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from verifier.bounds.arith import align_rank
-from verifier.bounds.core import Backward, Interval, Rule, rounding, row_sum, sum_to_shape
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, rounding, row_sum, sum_to_shape
+from verifier.bounds.shape import align_rank
 from verifier.bounds.smooth import Power, reciprocal
 
 
@@ -96,8 +96,6 @@ def divide(builder, x, y):
 
 
 def matmul_variables(builder, x, y):
-    from verifier.bounds.core import Unsupported
-
     if len(x.shape) < 2 or len(y.shape) < 2:
         raise Unsupported("MatMul of two variables with a vector operand")
     rank = max(len(x.shape), len(y.shape))

@@ -72,11 +72,13 @@ class Rule(nn.Module):
     # True for single-input rules that only move or copy values (reshape, transpose, selections):
     # their interval is exactly the selection of their input's, so bounds are refined before them.
     selects_only = False
-    # True when `backward` also takes window coefficients (bounds/patches.py); others get dense ones.
+    # True when `backward` also takes window coefficients (patches.py); others get dense ones.
     accepts_patches = False
     # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
     # bound splits their input there, which makes the rule exact on both sides.
     splits_at_zero = False
+    # True when `backward` takes an `alpha` slot (free relaxation parameters, alpha-CROWN).
+    has_alpha = False
     # How onnxruntime's result may differ from the exact operator (see `execution_error`): not at
     # all (moves, selections, ReLU, max); or by the rounding of `rounding_terms` operations in
     # `exec_dtype` (the dtype of the node's output in the ONNX graph, set by the graph builder;
@@ -117,6 +119,12 @@ class Rule(nn.Module):
 
     def backward(self, coeffs: Tensor, *inputs: Interval | None) -> Backward:
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
+        raise NotImplementedError
+
+    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """For a `splits_at_zero` rule: how loose its relaxation is at each neuron of its input with
+        bounds lower < 0 < upper, which a split at 0 removes. Branch and bound weighs it by what
+        the open rows' coefficients pay for it (a BaBSR-like score) to choose the neuron to split."""
         raise NotImplementedError
 
     def relevant(self, bounds: Interval) -> Tensor | None:

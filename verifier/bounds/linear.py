@@ -14,6 +14,7 @@ from onnx2torch.node_converters import global_average_pool, matmul, reduce
 from torch import Tensor, nn
 
 from verifier.bounds.arith import affine
+from verifier.bounds.bilinear import matmul_variables
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
 from verifier.bounds.patches import Patches
 from verifier.bounds.shape import Reshape, Transpose
@@ -234,8 +235,6 @@ def linear_factory(builder, module, args):
 def matmul_factory(builder, module, args):
     left, right = args
     if builder.is_variable(left) and builder.is_variable(right):
-        from verifier.bounds.bilinear import matmul_variables
-
         return matmul_variables(builder, left, right)
     if builder.is_variable(left):
         weight = builder.float_constant(right)

@@ -21,19 +21,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-class NotPatchable(Exception):
-    """The window geometry does not fit an operation; the caller uses dense coefficients."""
-
-
 @dataclass
 class Patches:
-    """Rows of coefficients on a map of per-sample shape (1, C, H, W) (or (C, H, W))."""
+    """Rows of coefficients on a map of per-sample shape (1, C, H, W) (or (C, H, W)).
+
+    `padding` is never negative: sweeps start with none and convolutions only add their own.
+    """
 
     values: Tensor                 # [B, m, C, Ph, Pw]
     stride: tuple[int, int]
     padding: tuple[int, int]
     position: Tensor               # [m, 2] long: (h, w) of each row on the starting grid
     shape: tuple[int, ...]         # per-sample shape of the map
+
+    def __post_init__(self) -> None:
+        if min(self.padding) < 0:
+            raise ValueError(f"window padding {self.padding} is negative")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -60,8 +63,6 @@ class Patches:
         last_h, last_w = int(self.position[:, 0].max()), int(self.position[:, 1].max())
         extra_h = max(0, last_h * sh - dh + ph - height)
         extra_w = max(0, last_w * sw - dw + pw - width)
-        if dh < 0 or dw < 0:
-            raise NotPatchable("negative padding")
         padded = F.pad(maps, (dw, extra_w, dh, extra_h))
         unfolded = F.unfold(padded, (ph, pw), stride=(sh, sw))  # [B, C*Ph*Pw, Lh*Lw]
         grid_w = (padded.shape[-1] - pw) // sw + 1

@@ -17,6 +17,7 @@ from onnx2torch.node_converters import (
     expand,
     flatten,
     gather,
+    identity,
     pad,
     resize,
     split,
@@ -31,7 +32,7 @@ from onnx2torch.node_converters import slice as onnx_slice
 from onnx2torch.node_converters.dropout import OnnxDropoutDynamic
 from torch import Tensor, nn
 
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, factory_for, register, row_sum
 
 
 class Reshape(Rule):
@@ -165,6 +166,14 @@ class Concat(Rule):
         return Backward(inputs, bias)
 
 
+def align_rank(builder, value, rank: int):
+    """Prepend size-1 axes to a variable so that its per-sample rank is `rank` (for broadcasting)."""
+    shape = value.shape
+    if len(shape) >= rank:
+        return value
+    return builder.add(Reshape(shape, (1,) * (rank - len(shape)) + tuple(shape)), [value])
+
+
 def _variables(builder, args) -> list:
     return [a for a in args if builder.is_variable(a)]
 
@@ -182,6 +191,7 @@ def _single_variable_first(builder, module, args) -> None:
 @register(unsqueeze.OnnxUnsqueezeStaticAxes, "Unsqueeze")
 @register(unsqueeze.OnnxUnsqueezeDynamicAxes, "Unsqueeze")
 @register(nn.Identity, "Identity")
+@register(identity.OnnxCopyIdentity, "Identity")
 @register(nn.Dropout, "Dropout")
 @register(OnnxDropoutDynamic, "Dropout")
 def reshape_like(builder, module, args):
@@ -235,6 +245,7 @@ def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, .
 @register(nn.ConstantPad3d, "Pad")
 @register(nn.ZeroPad2d, "Pad")
 @register(resize.OnnxResize, "Resize", "Upsample")
+@register(resize.OnnxResizeV10, "Resize")
 @register(tile.OnnxTile, "Tile")
 @register(split.OnnxSplit, "Split")
 @register(split.OnnxSplit13, "Split")
@@ -304,8 +315,6 @@ def cast_factory(builder, module, args):
 
 @register(nn.Sequential)
 def sequential_factory(builder, module, args):
-    from verifier.bounds.core import factory_for
-
     value = args[0]
     for child in module:
         factory = factory_for(child)
