@@ -231,3 +231,25 @@ def test_large_output_thresholds_beyond_float32_are_kept(capsys, tmp_path, outpu
     code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == verdict
+
+
+def test_a_property_whose_every_input_box_is_empty_is_unsat(capsys, tmp_path):
+    # Before: refused (exit 2) with "input X_0 has lower bound 2.0 above its upper bound 1.0".
+    bounds = "(assert (or (and (>= X_0 2) (<= X_0 1)) (and (>= X_0 0.5) (<= X_0 -0.5))))"
+    path = _classifier_property(tmp_path, "empty.vnnlib", bounds, "(<= Y_0 Y_1)")
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
+    assert (code, out.strip().splitlines()[-1]) == (0, "unsat"), err
+
+
+def test_empty_input_boxes_are_dropped_and_the_others_answered(capsys, tmp_path):
+    bounds = "(assert (or (and (>= X_0 2) (<= X_0 1)) (and (>= X_0 -0.01) (<= X_0 0.01))))"
+    results = tmp_path / "ce.txt"
+    path = _classifier_property(tmp_path, "some_empty.vnnlib", bounds, "(<= Y_0 1e30)")  # any point violates it
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60", "--results", results)
+    assert (code, out.strip().splitlines()[-1]) == (0, "sat"), err
+    assert verify(capsys, "check", MODEL, path, results)[0] == 0
+    x0 = float(results.read_text().split("(X_0 ")[1].split(")")[0])
+    assert -0.01 <= x0 <= 0.01  # from the non-empty box
+    path = _classifier_property(tmp_path, "some_empty_unsat.vnnlib", bounds, "(>= Y_0 1e30)")
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
+    assert (code, out.strip().splitlines()[-1]) == (0, "unsat"), err

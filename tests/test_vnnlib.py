@@ -113,7 +113,6 @@ def test_term_without_output_atoms_means_any_output_is_bad():
     (decls(1, 1) + box(1) + "(assert (<= Y_0 1)))", 5, "unbalanced"),
     (decls(1, 1) + box(1) + "(assert (<= Y_1 1))", 5, "never declared"),
     (decls(2, 1) + box(1) + "(assert (<= Y_0 1))", 2, "X_1 has no lower bound"),
-    (decls(1, 1) + "(assert (>= X_0 2))\n(assert (<= X_0 1))\n(assert (<= Y_0 1))", 4, "above its upper"),
     (decls(1, 2) + box(1) + "(assert (<= (* Y_0 Y_1) 1))", 6, "non-linear"),
     (decls(1, 1) + box(1) + "(assert (xor (<= Y_0 1) (<= Y_0 2)))", 5, "unknown operator 'xor'"),
     (decls(1, 1) + box(1) + "(assert (<= Y_0 (exp 1)))", 5, "unknown operator 'exp'"),
@@ -131,6 +130,28 @@ def test_user_errors_name_the_line(text, line, fragment):
     assert message.startswith(f"prop.vnnlib:{line}: "), message
     assert fragment in message
     assert "\n" not in message
+
+
+def test_empty_input_boxes_are_dropped():
+    # Before: "input X_0 has lower bound 2.0 above its upper bound 1.0", an error for the whole file.
+    every = parse_text(decls(1, 1) + "(assert (>= X_0 2))\n(assert (<= X_0 1))\n(assert (<= Y_0 1))")
+    assert every.cases == []  # nothing can violate the property: unsat
+    text = decls(2, 2) + """(assert (or
+    (and (>= X_0 2) (<= X_0 1) (>= X_1 0) (<= X_1 1) (<= Y_0 0))
+    (and (>= X_0 0) (<= X_0 1) (>= X_1 0) (<= X_1 1) (<= Y_1 0))
+    (and (>= X_0 0) (<= X_0 1) (>= X_1 3) (<= X_1 -3) (<= Y_1 5))
+))"""
+    (case,) = parse_text(text).cases  # only the middle disjunct has a non-empty box
+    np.testing.assert_array_equal(case.lower, [0, 0])
+    (disjunct,) = case.disjuncts
+    np.testing.assert_array_equal(disjunct.matrix, [[0, 1]])
+    np.testing.assert_array_equal(disjunct.offset, [0])
+    # an empty box that comes from a common assert empties every disjunct
+    common = parse_text(decls(1, 2) + "(assert (<= X_0 -1))(assert (>= X_0 1))(assert (or (<= Y_0 0) (<= Y_1 0)))")
+    assert common.cases == []
+    # a point box is not empty
+    (point,) = parse_text(decls(1, 1) + "(assert (<= X_0 0.5))(assert (>= X_0 0.5))(assert (<= Y_0 1))").cases
+    assert point.lower[0] == point.upper[0] == 0.5
 
 
 def test_sizes_are_checked_against_the_model():

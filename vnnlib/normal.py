@@ -1,7 +1,9 @@
 """Compile a VNN-LIB script into the normal form: input boxes, each with a disjunction of `C y <= d`.
 
 A property is violated (the query is `sat`) iff for some case, some x in its box and some
-disjunct k, every row of `C_k f(x) <= d_k` holds.
+disjunct k, every row of `C_k f(x) <= d_k` holds. A term of the disjunctive normal form that no
+input satisfies (its box is empty, some lower bound above its upper bound, or it holds a false
+constant comparison) is dropped; a property left without cases cannot be violated (`unsat`).
 """
 
 from __future__ import annotations
@@ -147,8 +149,8 @@ def compile_script(script: Script, path: str) -> Property:
         term = builder.copy(base)
         for atom in itertools.chain.from_iterable(combination):
             builder.add(term, atom)
-        if term.infeasible:
-            continue
+        if term.infeasible or np.any(term.lower > term.upper):
+            continue  # no input satisfies this term (a false constant, or an empty box): nothing to refute
         disjunct = builder.finish(term, script.variables)
         key = (term.lower.tobytes(), term.upper.tobytes())
         boxes.setdefault(key, term)
@@ -256,12 +258,6 @@ class _TermBuilder:
             if missing.size:
                 name = f"X_{missing[0]}"
                 raise VnnlibError(self.path, variables[name].line, f"input {name} has no {side} bound")
-        crossed = np.flatnonzero(term.lower > term.upper)
-        if crossed.size:
-            i = crossed[0]
-            line = max(term.lower_from[i].line, term.upper_from[i].line)
-            raise VnnlibError(self.path, line,
-                              f"input X_{i} has lower bound {term.lower[i]!r} above its upper bound {term.upper[i]!r}")
         if term.rows:
             matrix = np.stack([r for r, _, _ in term.rows])
             offset = np.array([d for _, d, _ in term.rows])
