@@ -115,8 +115,9 @@ def violations(network: Network, bounds: list[Interval], slacks: list[Tensor], p
         value = value.reshape(count, batch, *value.shape[1:])
         scale = 1 + torch.maximum(interval.lower.abs(), interval.upper.abs()).nan_to_num(posinf=0, neginf=0)
         tolerance = relative * scale + slack
-        below = (interval.lower - value - tolerance).max()
-        above = (value - interval.upper - tolerance).max()
+        # a value on its bound counts as inside, also where both are infinite (Log(0) = -inf)
+        below = torch.where(value >= interval.lower, -torch.inf, interval.lower - value - tolerance).max()
+        above = torch.where(value <= interval.upper, -torch.inf, value - interval.upper - tolerance).max()
         if below > 0 or above > 0:
             found.append(f"node {index} ({network.nodes[index].label}): out of bounds by {max(below, above):.3g}")
     return found

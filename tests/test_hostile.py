@@ -196,3 +196,60 @@ def test_unsupported_operator_message_names_the_operator(capsys, tmp_path, name)
     path.write_bytes(_single_op_model("Erf").SerializeToString())
     code, _, err = verify(capsys, path, SEEDS[0])
     assert code == 2 and "unsupported operators: Erf" in err
+
+
+def _classifier_property(tmp_path, name: str, x0_bounds: str, output: str):
+    """A property of the example classifier: X_0 as given, X_1..X_3 in [-1, 1], one output assert."""
+    text = "".join(f"(declare-const X_{i} Real)\n" for i in range(4)) + \
+        "".join(f"(declare-const Y_{j} Real)\n" for j in range(3)) + \
+        "".join(f"(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(1, 4)) + \
+        f"{x0_bounds}\n(assert {output})\n"
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("bounds,literal,problem", [
+    ("(assert (>= X_0 -1))\n(assert (<= X_0 1e400))", "1e400", "overflows float64"),
+    ("(assert (>= X_0 -1))\n(assert (<= X_0 1e39))", "1e39", "float32"),   # the classifier is float32
+    ("(assert (>= X_0 -1e39))\n(assert (<= X_0 1))", "-1e39", "float32"),
+])
+def test_numbers_that_overflow_the_model_dtype_are_refused_with_one_line(capsys, tmp_path, bounds, literal, problem):
+    # Before: 1e400 was inf (so "X_0 has no upper bound", at the wrong line), 1e39 became an
+    # infinite float32 box and the run ended in an internal error (nan in the first MatMul).
+    path = _classifier_property(tmp_path, "big.vnnlib", bounds, "(<= Y_0 Y_1)")
+    code, out, err = verify(capsys, MODEL, path)
+    assert code == 2 and out == "", err
+    assert_clean_refusal(err, path)
+    line = 14 if literal.startswith("-") else 15
+    assert err.startswith(f"{path}:{line}: ") and literal in err and problem in err, err
+
+
+@pytest.mark.parametrize("output,verdict", [("(>= Y_0 1e39)", "unsat"), ("(<= Y_0 1e39)", "sat")])
+def test_large_output_thresholds_beyond_float32_are_kept(capsys, tmp_path, output, verdict):
+    path = _classifier_property(tmp_path, "threshold.vnnlib", "(assert (>= X_0 -1))\n(assert (<= X_0 1))", output)
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == verdict
+
+
+def test_a_property_whose_every_input_box_is_empty_is_unsat(capsys, tmp_path):
+    # Before: refused (exit 2) with "input X_0 has lower bound 2.0 above its upper bound 1.0".
+    bounds = "(assert (or (and (>= X_0 2) (<= X_0 1)) (and (>= X_0 0.5) (<= X_0 -0.5))))"
+    path = _classifier_property(tmp_path, "empty.vnnlib", bounds, "(<= Y_0 Y_1)")
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
+    assert (code, out.strip().splitlines()[-1]) == (0, "unsat"), err
+
+
+def test_empty_input_boxes_are_dropped_and_the_others_answered(capsys, tmp_path):
+    bounds = "(assert (or (and (>= X_0 2) (<= X_0 1)) (and (>= X_0 -0.01) (<= X_0 0.01))))"
+    results = tmp_path / "ce.txt"
+    path = _classifier_property(tmp_path, "some_empty.vnnlib", bounds, "(<= Y_0 1e30)")  # any point violates it
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60", "--results", results)
+    assert (code, out.strip().splitlines()[-1]) == (0, "sat"), err
+    assert verify(capsys, "check", MODEL, path, results)[0] == 0
+    x0 = float(results.read_text().split("(X_0 ")[1].split(")")[0])
+    assert -0.01 <= x0 <= 0.01  # from the non-empty box
+    path = _classifier_property(tmp_path, "some_empty_unsat.vnnlib", bounds, "(>= Y_0 1e30)")
+    code, out, err = verify(capsys, MODEL, path, "--timeout", "60")
+    assert (code, out.strip().splitlines()[-1]) == (0, "unsat"), err

@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import EXAMPLES, opcoverage_or_skip, shared_or_skip
+from verifier import cli
 from verifier.errors import ModelError
 from verifier.graph import build_network
 from verifier.load import load_model
@@ -177,3 +178,59 @@ def test_float64_models_stay_float64(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     network = build_network(load_model(str(path)))
     assert network.dtype == torch.float64
+
+
+def _undeclared_output_model(nodes, inits, output_shape=None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _three_outputs(output_shape=None) -> onnx.ModelProto:
+    weight = numpy_helper.from_array((np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5), "w")
+    return _undeclared_output_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [weight], output_shape)
+
+
+@pytest.mark.parametrize("declared", [None, ["N", "M"], [1, "M"]])
+def test_an_output_without_a_declared_shape_gets_the_real_one(tmp_path, capsys, declared):
+    # Before: an output ValueInfo with an element type but no shape (or symbolic sizes) read as
+    # one value: "Y_2 is beyond the model's output size (1 values)", or an internal error later.
+    path = tmp_path / "m.onnx"
+    onnx.save(_three_outputs(declared), path)
+    model = load_model(str(path))
+    assert model.output_shape == (1, 3) and model.num_outputs == 3
+    assert build_network(model).output_shape == (1, 3)
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n"
+                            for i in range(4)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                    "(declare-const Y_2 Real)\n(assert (>= Y_2 100))\n")
+    assert cli.main([str(path), str(prop)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "unsat"  # |Y_2| <= 1.2
+
+
+def test_an_output_shape_that_shape_inference_cannot_give_comes_from_running_the_model(tmp_path):
+    # The Reshape target is computed (a Cast), so ONNX shape inference leaves the output unknown.
+    weight = numpy_helper.from_array(np.ones((4, 6), dtype=np.float32), "w")
+    target = numpy_helper.from_array(np.array([1, 2, 3], dtype=np.float32), "t")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Cast", ["t"], ["s"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["a", "s"], ["y"])]
+    model_proto = _undeclared_output_model(nodes, [weight, target])
+    inferred = onnx.shape_inference.infer_shapes(model_proto).graph.output[0]
+    assert not inferred.type.tensor_type.HasField("shape")
+    path = tmp_path / "m.onnx"
+    onnx.save(model_proto, path)
+    model = load_model(str(path))
+    assert model.output_shape == (1, 2, 3) and model.num_outputs == 6
+    assert build_network(model).output_shape == (1, 2, 3)
+
+
+def test_an_undeclared_output_shape_that_cannot_be_found_is_a_model_error(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Reshape", ["a", "s"], ["y"])]
+    weight = numpy_helper.from_array(np.ones((4, 6), dtype=np.float32), "w")
+    bad = numpy_helper.from_array(np.array([5.0], dtype=np.float32), "t")  # not a valid Reshape target
+    nodes.insert(1, helper.make_node("Cast", ["t"], ["s"], to=TensorProto.INT64))
+    path = tmp_path / "m.onnx"
+    onnx.save(_undeclared_output_model(nodes, [weight, bad]), path)
+    with pytest.raises(ModelError, match=r"the output's shape is not declared and running the model"):
+        load_model(str(path))

@@ -113,7 +113,6 @@ def test_term_without_output_atoms_means_any_output_is_bad():
     (decls(1, 1) + box(1) + "(assert (<= Y_0 1)))", 5, "unbalanced"),
     (decls(1, 1) + box(1) + "(assert (<= Y_1 1))", 5, "never declared"),
     (decls(2, 1) + box(1) + "(assert (<= Y_0 1))", 2, "X_1 has no lower bound"),
-    (decls(1, 1) + "(assert (>= X_0 2))\n(assert (<= X_0 1))\n(assert (<= Y_0 1))", 4, "above its upper"),
     (decls(1, 2) + box(1) + "(assert (<= (* Y_0 Y_1) 1))", 6, "non-linear"),
     (decls(1, 1) + box(1) + "(assert (xor (<= Y_0 1) (<= Y_0 2)))", 5, "unknown operator 'xor'"),
     (decls(1, 1) + box(1) + "(assert (<= Y_0 (exp 1)))", 5, "unknown operator 'exp'"),
@@ -133,6 +132,28 @@ def test_user_errors_name_the_line(text, line, fragment):
     assert "\n" not in message
 
 
+def test_empty_input_boxes_are_dropped():
+    # Before: "input X_0 has lower bound 2.0 above its upper bound 1.0", an error for the whole file.
+    every = parse_text(decls(1, 1) + "(assert (>= X_0 2))\n(assert (<= X_0 1))\n(assert (<= Y_0 1))")
+    assert every.cases == []  # nothing can violate the property: unsat
+    text = decls(2, 2) + """(assert (or
+    (and (>= X_0 2) (<= X_0 1) (>= X_1 0) (<= X_1 1) (<= Y_0 0))
+    (and (>= X_0 0) (<= X_0 1) (>= X_1 0) (<= X_1 1) (<= Y_1 0))
+    (and (>= X_0 0) (<= X_0 1) (>= X_1 3) (<= X_1 -3) (<= Y_1 5))
+))"""
+    (case,) = parse_text(text).cases  # only the middle disjunct has a non-empty box
+    np.testing.assert_array_equal(case.lower, [0, 0])
+    (disjunct,) = case.disjuncts
+    np.testing.assert_array_equal(disjunct.matrix, [[0, 1]])
+    np.testing.assert_array_equal(disjunct.offset, [0])
+    # an empty box that comes from a common assert empties every disjunct
+    common = parse_text(decls(1, 2) + "(assert (<= X_0 -1))(assert (>= X_0 1))(assert (or (<= Y_0 0) (<= Y_1 0)))")
+    assert common.cases == []
+    # a point box is not empty
+    (point,) = parse_text(decls(1, 1) + "(assert (<= X_0 0.5))(assert (>= X_0 0.5))(assert (<= Y_0 1))").cases
+    assert point.lower[0] == point.upper[0] == 0.5
+
+
 def test_sizes_are_checked_against_the_model():
     prop = parse_text(decls(3, 2) + box(3) + "(assert (<= Y_1 0))", "p.vnnlib")
     prop.check_sizes(3, 2)
@@ -142,6 +163,49 @@ def test_sizes_are_checked_against_the_model():
         prop.check_sizes(4, 2)
     with pytest.raises(VnnlibError, match="Y_1 is beyond"):
         prop.check_sizes(3, 1)
+
+
+@pytest.mark.parametrize("text,line,fragment", [
+    (decls(1, 1) + "(assert (>= X_0 -1))\n(assert (<= X_0 1e400))\n(assert (<= Y_0 1))", 4,
+     "the number 1e400 overflows float64"),
+    (decls(1, 1) + box(1) + "(assert (<= Y_0 -1.8e308))", 5, "the number -1.8e308 overflows float64"),
+    (decls(1, 1) + box(1) + "(assert (<= (* 1e200 Y_0) (* 1e200 1e200)))", 5,
+     "(<= (* 1e200 Y_0) (* 1e200 1e200)) overflows float64"),
+    (decls(1, 1) + "(assert (>= X_0 -1))\n(assert (<= (* 1e-300 X_0) 1e300))\n(assert (<= Y_0 1))", 4,
+     "(<= (* 1e-300 X_0) 1e300) gives X_0 a bound that overflows float64"),
+])
+def test_numbers_beyond_float64_are_user_errors(text, line, fragment):
+    # Before: 1e400 read as inf, so the bound `X_0 <= inf` was silently no bound at all.
+    with pytest.raises(VnnlibError) as caught:
+        parse_text(text, "prop.vnnlib")
+    message = str(caught.value)
+    assert message.startswith(f"prop.vnnlib:{line}: "), message
+    assert fragment in message and "\n" not in message
+
+
+def test_values_beyond_the_model_dtype_are_user_errors_but_large_thresholds_are_kept():
+    prop = parse_text(decls(2, 2) + "(assert (>= X_0 -1))\n(assert (<= X_0 1e39))\n(assert (>= X_1 -1e39))\n"
+                      "(assert (<= X_1 1))\n(assert (<= Y_0 1))", "p.vnnlib")
+    prop.check_dtype("float64")  # finite in float64: fine for a float64 model
+    with pytest.raises(VnnlibError) as caught:
+        prop.check_dtype("float32")
+    assert str(caught.value).startswith("p.vnnlib:6: the upper bound 1e+39 of X_0 in (<= X_0 1e39) is beyond")
+    assert "float32" in str(caught.value)
+    lower_only = parse_text(decls(1, 1) + "(assert (>= X_0 -1e39))\n(assert (<= X_0 1))\n(assert (<= Y_0 1))", "p")
+    with pytest.raises(VnnlibError, match=r"^p:3: the lower bound -1e\+39 of X_0 in \(>= X_0 -1e39\)"):
+        lower_only.check_dtype("float32")
+    # an output coefficient enters the float32 arithmetic too ...
+    coefficient = parse_text(decls(1, 2) + box(1) + "(assert (<= (* 1e39 Y_1) 1))", "p")
+    with pytest.raises(VnnlibError, match=r"^p:6: the coefficient 1e\+39 of Y_1 in \(<= \(\* 1e39 Y_1\) 1\)"):
+        coefficient.check_dtype("float32")
+    # ... but a threshold is compared in float64: large finite ones are kept, also after padding
+    threshold = parse_text(decls(1, 1) + box(1) + "(assert (>= Y_0 1e300))", "p")
+    threshold.check_dtype("float32")
+    threshold.padded_to_outputs(3).check_dtype("float32")
+    assert threshold.cases[0].disjuncts[0].offset[0] == -1e300
+    # the largest float32 value itself is in range
+    parse_text(decls(1, 1) + f"(assert (>= X_0 -{float(np.finfo(np.float32).max)!r}))(assert (<= X_0 1))",
+               "p").check_dtype("float32")
 
 
 def test_unreadable_and_non_utf8_files(tmp_path):

@@ -31,6 +31,7 @@ def open_instance(model_path: str, property_path: str, device: str = "cpu",
     prop = parse_file(property_path)
     model = load(model_path)
     prop.check_sizes(model.num_inputs, model.num_outputs)
+    prop.check_dtype("float32" if model.dtype == torch.float32 else "float64")
     prop = prop.padded_to_outputs(model.num_outputs)
     if not prop.cases:
         return Instance(prop, model, None, None)

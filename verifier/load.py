@@ -31,7 +31,9 @@ _VALUE_DTYPES = {**_DTYPES, onnx.TensorProto.FLOAT16: torch.float16, onnx.Tensor
 class LoadedModel:
     """A converted model and what the verifier needs to know about its interface.
 
-    Shapes are the ONNX-declared ones with symbolic dimensions read as 1; `dtype` is the input's.
+    The input shape is the ONNX-declared one with symbolic dimensions read as 1; the output shape
+    is the declared one where every dimension is declared, else the one ONNX shape inference gives
+    for that input shape, else the one onnxruntime gives on a sample input. `dtype` is the input's.
     `onnx_nodes` maps an fx module target to its ONNX (op_type, node name), for messages;
     `node_dtypes` an ONNX node name to the float type of its output (what onnxruntime computes
     it in), where shape inference knows it.
@@ -85,7 +87,7 @@ def parse_onnx(path: str) -> onnx.ModelProto:
 
 
 def graph_io(model: onnx.ModelProto, path: str) -> tuple[str, tuple[int, ...], torch.dtype, tuple[int, ...]]:
-    """Name, shape and dtype of the single real input, and the shape of the single output."""
+    """Name, shape and dtype of the single real input, and the shape of the single output (see LoadedModel)."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
     if len(inputs) != 1:
@@ -97,13 +99,60 @@ def graph_io(model: onnx.ModelProto, path: str) -> tuple[str, tuple[int, ...], t
     if tensor_type.elem_type not in _DTYPES:
         name = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
         raise ModelError(path, f"input element type {name} is unsupported (float32 or float64 only)")
-    return (inputs[0].name, _declared_shape(inputs[0]), _DTYPES[tensor_type.elem_type],
-            _declared_shape(model.graph.output[0]))
+    input_shape, dtype = _declared_shape(inputs[0]), _DTYPES[tensor_type.elem_type]
+    output_shape = _static_shape(model.graph.output[0])
+    if output_shape is None:
+        output_shape = _inferred_output_shape(model, path, inputs[0].name, input_shape, dtype)
+    return inputs[0].name, input_shape, dtype, output_shape
 
 
 def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
     dims = value.type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    """The declared shape when it is declared and every dimension is a number, else None."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims = tensor_type.shape.dim
+    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return tuple(d.dim_value for d in dims)
+
+
+def _inferred_output_shape(model: onnx.ModelProto, path: str, input_name: str, input_shape: tuple[int, ...],
+                           dtype: torch.dtype) -> tuple[int, ...]:
+    """The output's shape for an input of `input_shape`: ONNX shape inference, else one onnxruntime run."""
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    for value in static.graph.input:
+        if value.name == input_name:
+            value.type.tensor_type.shape.Clear()
+            for size in input_shape:
+                value.type.tensor_type.shape.dim.add().dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(static)
+        shape = _static_shape(inferred.graph.output[0])
+    except Exception:  # noqa: BLE001 - inference is only the cheap way; running the model decides
+        shape = None
+    if shape is not None:
+        return shape
+    import onnxruntime
+
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    sample = np.random.default_rng(0).random(input_shape).astype(np_dtype)
+    try:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(static.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        output = session.run([model.graph.output[0].name], {input_name: sample})[0]
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise ModelError(path, "the output's shape is not declared and running the model on a sample input "
+                         f"failed: {type(error).__name__}: {first_line(error)}") from None
+    return tuple(int(size) for size in np.shape(output))
 
 
 def load_model(path: str) -> LoadedModel:

@@ -7,7 +7,9 @@ reported as an error rather than ignored.
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 
 from verifier.vnnlib.errors import VnnlibError
@@ -47,10 +49,16 @@ class Linear:
 
 @dataclass(frozen=True)
 class Compare:
-    """The atom `form <= 0`, from the comparison at `line`."""
+    """The atom `form <= 0`, from the comparison `source` at `line`."""
 
     form: Linear
     line: int
+    source: SList | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The comparison as written (for messages)."""
+        return unparse(self.source) if self.source is not None else ""
 
 
 @dataclass(frozen=True)
@@ -141,18 +149,26 @@ class _FormulaReader:
             # Strict comparisons are read as non-strict: that only enlarges the bad set, so an
             # unsat stays sound, and the competition checker has a tolerance anyway.
             if op in ("<=", "<"):
-                atoms.append(Compare(left.plus(right.scaled(-1.0)), expr.line))
+                forms = [left.plus(right.scaled(-1.0))]
             elif op in (">=", ">"):
-                atoms.append(Compare(right.plus(left.scaled(-1.0)), expr.line))
+                forms = [right.plus(left.scaled(-1.0))]
             else:
-                atoms.append(Compare(left.plus(right.scaled(-1.0)), expr.line))
-                atoms.append(Compare(right.plus(left.scaled(-1.0)), expr.line))
+                forms = [left.plus(right.scaled(-1.0)), right.plus(left.scaled(-1.0))]
+            for form in forms:
+                if not (math.isfinite(form.constant) and all(map(math.isfinite, form.coeffs.values()))):
+                    raise self.error(expr.line, f"{unparse(expr)} overflows float64 (its arithmetic gives a value that "
+                                     "is not finite)")
+                atoms.append(Compare(form, expr.line, expr))
         return atoms[0] if len(atoms) == 1 else And(tuple(atoms))
 
     def term(self, expr: SExpr) -> Linear:
         if isinstance(expr, Atom):
             if _NUMBER.fullmatch(expr.text):
-                return Linear({}, float(expr.text))
+                value = float(expr.text)
+                if not math.isfinite(value):
+                    raise self.error(expr.line, f"the number {expr.text} overflows float64 (it would be infinite; "
+                                     f"the largest finite value is {sys.float_info.max!r})")
+                return Linear({}, value)
             if expr.text in self.variables:
                 return Linear({expr.text: 1.0}, 0.0)
             if _VARIABLE.fullmatch(expr.text):
@@ -185,3 +201,10 @@ class _FormulaReader:
         if head in _COMPARISONS or head in ("and", "or"):
             raise self.error(expr.line, f"'{head}' used where a number or variable was expected")
         raise self.error(expr.line, f"unknown operator '{head}' in a term")
+
+
+def unparse(expr: SExpr) -> str:
+    """The expression as source text, on one line (numbers keep their spelling)."""
+    if isinstance(expr, Atom):
+        return expr.text
+    return "(" + " ".join(unparse(item) for item in expr.items) + ")"

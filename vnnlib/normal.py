@@ -1,7 +1,9 @@
 """Compile a VNN-LIB script into the normal form: input boxes, each with a disjunction of `C y <= d`.
 
 A property is violated (the query is `sat`) iff for some case, some x in its box and some
-disjunct k, every row of `C_k f(x) <= d_k` holds.
+disjunct k, every row of `C_k f(x) <= d_k` holds. A term of the disjunctive normal form that no
+input satisfies (its box is empty, some lower bound above its upper bound, or it holds a false
+constant comparison) is dropped; a property left without cases cannot be violated (`unsat`).
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ MAX_TERMS = 10_000
 
 @dataclass(frozen=True)
 class Disjunct:
-    """One conjunction of output rows: `matrix @ y <= offset` (float64, shapes [m, n_out] and [m])."""
+    """One conjunction of output rows: `matrix @ y <= offset` (float64, shapes [m, n_out] and [m]).
+
+    `row_from` holds the comparison each row comes from (for messages; empty when unknown).
+    """
 
     matrix: np.ndarray
     offset: np.ndarray
+    row_from: tuple[Compare, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Case:
-    """One input box (flat float64 vectors over the inputs) and the disjuncts that are bad inside it."""
+    """One input box (flat float64 vectors over the inputs) and the disjuncts that are bad inside it.
+
+    `lower_from` / `upper_from` hold the comparison that set each bound (for messages; empty when unknown).
+    """
 
     lower: np.ndarray
     upper: np.ndarray
     disjuncts: tuple[Disjunct, ...]
+    lower_from: tuple[Compare, ...] = field(default=(), compare=False, repr=False)
+    upper_from: tuple[Compare, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -65,6 +76,35 @@ class Property:
                 f"{name} is beyond the model's output size ({model_outputs} values)",
             )
 
+    def check_dtype(self, dtype: str) -> None:
+        """Raise VnnlibError unless the values that enter the model's arithmetic fit its dtype.
+
+        The parser already refuses numbers beyond float64. For a float32 model, an input bound or
+        an output coefficient beyond float32's range would be infinite there. Output thresholds
+        (the offsets `d`) are compared in float64, so any finite one is kept.
+        """
+        largest = float(np.finfo(dtype).max)
+        problems: list[tuple[int, str]] = []  # (line, problem): the first line of the file is reported
+        for case in self.cases:
+            for side, bounds, sources in (("lower", case.lower, case.lower_from),
+                                          ("upper", case.upper, case.upper_from)):
+                for i in np.flatnonzero(np.abs(bounds) > largest)[:1]:
+                    source = sources[i] if sources else None
+                    problems.append((source.line if source else 0,
+                                     f"the {side} bound {float(bounds[i])!r} of X_{i}{_quoted(source)} is beyond "
+                                     f"the range of the model's {dtype} inputs (largest finite value {largest!r})"))
+            for disjunct in case.disjuncts:
+                for r in np.flatnonzero((np.abs(disjunct.matrix) > largest).any(axis=1))[:1]:
+                    source = disjunct.row_from[r] if disjunct.row_from else None
+                    j = int(np.flatnonzero(np.abs(disjunct.matrix[r]) > largest)[0])
+                    problems.append((source.line if source else 0,
+                                     f"the coefficient {float(disjunct.matrix[r, j])!r} of Y_{j}{_quoted(source)} is "
+                                     f"beyond the range of the model's {dtype} outputs (largest finite value "
+                                     f"{largest!r})"))
+        if problems:
+            line, problem = min(problems)
+            raise VnnlibError(self.path, line or None, problem)
+
     def padded_to_outputs(self, model_outputs: int) -> Property:
         """The same property with every matrix widened to `model_outputs` columns."""
         extra = model_outputs - self.num_outputs
@@ -72,11 +112,15 @@ class Property:
             return self
         cases = [
             Case(c.lower, c.upper, tuple(
-                Disjunct(np.pad(d.matrix, ((0, 0), (0, extra))), d.offset) for d in c.disjuncts
-            ))
+                Disjunct(np.pad(d.matrix, ((0, 0), (0, extra))), d.offset, d.row_from) for d in c.disjuncts
+            ), c.lower_from, c.upper_from)
             for c in self.cases
         ]
         return Property(self.path, self.num_inputs, model_outputs, cases, self.declaration_lines)
+
+
+def _quoted(source: Compare | None) -> str:
+    return f" in {source.text}" if source is not None and source.text else ""
 
 
 def compile_script(script: Script, path: str) -> Property:
@@ -100,18 +144,19 @@ def compile_script(script: Script, path: str) -> Property:
     for atom in common:
         builder.add(base, atom)
     grouped: dict[tuple[bytes, bytes], list[Disjunct]] = {}
-    boxes: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
+    boxes: dict[tuple[bytes, bytes], _Term] = {}
     for combination in itertools.product(*term_lists):
         term = builder.copy(base)
         for atom in itertools.chain.from_iterable(combination):
             builder.add(term, atom)
-        if term.infeasible:
-            continue
-        lower, upper, disjunct = builder.finish(term, script.variables)
-        key = (lower.tobytes(), upper.tobytes())
-        boxes[key] = (lower, upper)
+        if term.infeasible or np.any(term.lower > term.upper):
+            continue  # no input satisfies this term (a false constant, or an empty box): nothing to refute
+        disjunct = builder.finish(term, script.variables)
+        key = (term.lower.tobytes(), term.upper.tobytes())
+        boxes.setdefault(key, term)
         grouped.setdefault(key, []).append(disjunct)
-    cases = [Case(boxes[k][0], boxes[k][1], tuple(ds)) for k, ds in grouped.items()]
+    cases = [Case(boxes[k].lower, boxes[k].upper, tuple(ds), tuple(boxes[k].lower_from), tuple(boxes[k].upper_from))
+             for k, ds in grouped.items()]
     lines = {name: v.line for name, v in script.variables.items()}
     return Property(path, len(inputs), len(outputs), cases, lines)
 
@@ -156,9 +201,9 @@ def _dnf(formula: Formula, path: str) -> list[list[Compare]]:
 class _Term:
     lower: np.ndarray
     upper: np.ndarray
-    lower_line: np.ndarray
-    upper_line: np.ndarray
-    rows: list[tuple[np.ndarray, float]]
+    lower_from: list[Compare | None]  # the comparison that set each bound
+    upper_from: list[Compare | None]
+    rows: list[tuple[np.ndarray, float, Compare]]
     infeasible: bool = False
 
 
@@ -171,11 +216,11 @@ class _TermBuilder:
 
     def start(self) -> _Term:
         n = self.num_inputs
-        return _Term(np.full(n, -np.inf), np.full(n, np.inf), np.zeros(n, int), np.zeros(n, int), [])
+        return _Term(np.full(n, -np.inf), np.full(n, np.inf), [None] * n, [None] * n, [])
 
     def copy(self, term: _Term) -> _Term:
-        return _Term(term.lower.copy(), term.upper.copy(), term.lower_line.copy(),
-                     term.upper_line.copy(), list(term.rows), term.infeasible)
+        return _Term(term.lower.copy(), term.upper.copy(), list(term.lower_from),
+                     list(term.upper_from), list(term.rows), term.infeasible)
 
     def add(self, term: _Term, atom: Compare) -> None:
         coeffs = {k: v for k, v in atom.form.coeffs.items() if v != 0.0}
@@ -194,32 +239,28 @@ class _TermBuilder:
             (name, coeff), = coeffs.items()
             index = self.kinds[name][1]
             bound = -constant / coeff + 0.0  # no negative zero
+            if not np.isfinite(bound):
+                raise VnnlibError(self.path, atom.line, f"{atom.text} gives {name} a bound that overflows float64")
             if coeff > 0:  # coeff * x + constant <= 0  ->  x <= bound
                 if bound < term.upper[index]:
-                    term.upper[index], term.upper_line[index] = bound, atom.line
+                    term.upper[index], term.upper_from[index] = bound, atom
             elif bound > term.lower[index]:
-                term.lower[index], term.lower_line[index] = bound, atom.line
+                term.lower[index], term.lower_from[index] = bound, atom
             return
         row = np.zeros(self.num_outputs)
         for name, coeff in coeffs.items():
             row[self.kinds[name][1]] += coeff
-        term.rows.append((row, -constant))
+        term.rows.append((row, -constant, atom))
 
-    def finish(self, term: _Term, variables: dict[str, Variable]) -> tuple[np.ndarray, np.ndarray, Disjunct]:
+    def finish(self, term: _Term, variables: dict[str, Variable]) -> Disjunct:
         for bounds, side in ((term.lower, "lower"), (term.upper, "upper")):
             missing = np.flatnonzero(~np.isfinite(bounds))
             if missing.size:
                 name = f"X_{missing[0]}"
                 raise VnnlibError(self.path, variables[name].line, f"input {name} has no {side} bound")
-        crossed = np.flatnonzero(term.lower > term.upper)
-        if crossed.size:
-            i = crossed[0]
-            line = int(max(term.lower_line[i], term.upper_line[i]))
-            raise VnnlibError(self.path, line,
-                              f"input X_{i} has lower bound {term.lower[i]!r} above its upper bound {term.upper[i]!r}")
         if term.rows:
-            matrix = np.stack([r for r, _ in term.rows])
-            offset = np.array([d for _, d in term.rows])
+            matrix = np.stack([r for r, _, _ in term.rows])
+            offset = np.array([d for _, d, _ in term.rows])
         else:
             matrix, offset = np.zeros((0, self.num_outputs)), np.zeros(0)
-        return term.lower, term.upper, Disjunct(matrix, offset)
+        return Disjunct(matrix, offset, tuple(source for _, _, source in term.rows))

@@ -95,6 +95,8 @@ class MaxPool2d(Rule):
         windows = F.unfold(positions, kernel, dilation=dilation, stride=stride)[0]  # [K, L]
         if windows.shape[1] != out_h * out_w:
             raise Unsupported("max pooling geometry")
+        if (windows == 0).all(dim=0).any():
+            raise Unsupported("max pooling with a window made only of padding")
         self.register_buffer("window_index", windows.long() - 1)  # -1 marks padding
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,7 +114,12 @@ class MaxPool2d(Rule):
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         lower, upper = self._windows(x.lower), self._windows(x.upper)
-        best_lower, choice = lower.max(dim=2)  # [B, planes, L]
+        # The element with the largest lower bound, never a padding cell: a real element whose
+        # lower bound is -inf (after a Log at 0, say) ranks above the padding's -inf.
+        padding = self.window_index < 0
+        lowest = torch.finfo(lower.dtype).min
+        choice = torch.where(padding, -torch.inf, lower.clamp(min=lowest)).max(dim=2).indices  # [B, planes, L]
+        best_lower = lower.gather(2, choice.unsqueeze(2)).squeeze(2)
         upper_max = upper.max(dim=2).values
         others = upper.scatter(2, choice.unsqueeze(2), -torch.inf).max(dim=2).values
         exact = best_lower >= others
@@ -123,7 +130,9 @@ class MaxPool2d(Rule):
         negative = flat - positive
         exact_rows = exact.unsqueeze(1)
         to_input = positive + torch.where(exact_rows, negative, 0.0)
-        bias = row_sum(torch.where(exact_rows, 0.0, negative * upper_max.unsqueeze(1)))
+        # z <= max_i u_i for the negative coefficients (none where the row's coefficient is 0,
+        # which keeps an infinite u_i from turning 0 * inf into nan)
+        bias = row_sum(torch.where(exact_rows | (negative == 0), 0.0, negative * upper_max.unsqueeze(1)))
         plane_size = self.in_shape[-2] * self.in_shape[-1]
         index = source.unsqueeze(1).expand(batch, rows, *source.shape[1:])
         back = flat.new_zeros(batch, rows, source.shape[1], plane_size).scatter_add_(3, index, to_input)
