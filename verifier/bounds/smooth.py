@@ -4,7 +4,9 @@ One recipe serves them all. For bounds [l, u] the slope of each line is chosen b
 (chord on the side where f bends towards it, tangent at the middle on the other; the chord slope
 for both lines where f changes curvature), and the intercept is the exact extremum of f(x) - a x
 on [l, u], found among the ends and the listed critical points (f'(x) = a). IBP is the same
-extremum with a = 0. Outside a function's domain the bounds are infinite (sound, vacuous).
+extremum with a = 0. Outside a function's domain the bounds are infinite (sound, vacuous). Sin
+and Cos (Periodic) find that extremum in float64 relative to the interval's lower end, since
+their critical points computed at the size of x are off by more than the bound may be.
 """
 
 from __future__ import annotations
@@ -219,57 +221,139 @@ class Power(Smooth):
 
 
 class Periodic(Smooth):
-    """sin(x + phase): intervals of width 2*pi or more get the constant lines -1 and 1."""
+    """Sin or Cos, bounded in float64 in the coordinates of the interval's lower end.
 
-    def __init__(self, phase: float) -> None:
+    The extremum of g(x) = f(x) - a x on [l, u] lies at an end or where f'(x) = a. Near |x| = 1e6
+    a float32 (1e15 a float64) peak position 2 pi k + pi/2 is off by several ulps, which costs up
+    to 1e-3 (float32) of the maximum; Cos as sin(x + pi/2) rounds x itself. So nothing here is
+    computed at the size of x: the phase of l, theta = atan2(sin l, cos l), is l mod 2 pi to
+    within 3e-16 at any |l| (torch's float64 sin and cos reduce their argument exactly), and a
+    point of the interval is l + t with 0 <= t <= u - l < 2 pi, where f(l + t) = f(theta + t).
+
+    The critical points are t = +-acos(a) - shift - theta + 2 pi j (shift pi/2 for Cos; two
+    values of j for each sign), off by at most DELTA. A candidate within DELTA of [0, u - l]
+    counts (an end that close to a peak counts as holding it), evaluated at the nearest t of that
+    range: as g'(t*) = 0 and |g''| = |f| <= 1, that value misses g(t*) by at most DELTA^2 / 2,
+    plus DELTA for the phase error of f(theta + t) itself. The ends are f(l) and f(u) from
+    float64 sin/cos (1 ulp). Every bound is widened by those, by the float64 roundings of the
+    a x terms, and by OP_ERROR for the runtime's own sin/cos in the model's dtype, then rounded
+    outwards to the tensors' dtype.
+    """
+
+    # Position (and phase) error of the critical points above, far above its ~1e-14 worst case
+    # (atan2 of 1-ulp sin/cos, acos, pi and 2 pi j in float64, sums of terms below 4 pi).
+    DELTA = 1e-13
+    # The runtime's sin/cos error, absolute, in units of the model dtype's eps: onnxruntime
+    # errs by up to 0.85 eps in float32 and 1 eps in float64 (measured up to |x| = 3e38 and
+    # 1e300; tests/test_periodic.py checks it).
+    OP_ERROR = 4.0
+
+    def __init__(self, cosine: bool, model_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.phase = phase
+        self.cosine = cosine
+        # a plain attribute, so that the float64 re-check of a float32 model keeps the float32
+        # error of the operator it bounds (Module.double() converts only tensors)
+        self.model_dtype = model_dtype
 
     def f(self, x):
-        return torch.sin(x + self.phase)
+        return torch.cos(x) if self.cosine else torch.sin(x)
 
     def derivative(self, x):
-        return torch.cos(x + self.phase)
-
-    def critical_points(self, slope, lower, upper):
-        # cos(x + phase) = slope  ->  x = +-acos(slope) - phase + 2 pi k
-        valid = slope.abs() < 1  # acos has infinite derivatives at +-1: keep its input inside
-        base = torch.where(valid, torch.acos(torch.where(valid, slope, 0.0)), torch.where(slope >= 1, 0.0, torch.pi))
-        k0 = torch.floor((lower + self.phase) / (2 * math.pi))
-        points = []
-        for k in (-1, 0, 1, 2):
-            shift = 2 * math.pi * (k0 + k) - self.phase
-            points += [base + shift, -base + shift]
-        return points
+        return -torch.sin(x) if self.cosine else torch.cos(x)
 
     def curvature(self, lower, upper):
         return torch.full_like(lower, MIXED)
 
     def alpha_project(self, alpha: list[Tensor], lower: Tensor, upper: Tensor) -> list[Tensor]:
-        return [a.clamp(-1, 1) for a in alpha]  # f' = cos lies in [-1, 1]
+        return [a.clamp(-1, 1) for a in alpha]  # f' lies in [-1, 1]
+
+    @staticmethod
+    def _wide(lower: Tensor, upper: Tensor) -> Tensor:
+        """Intervals that hold a whole period, or that are not finite (NaN included)."""
+        return ~((upper.double() - lower.double()) < 2 * math.pi)
+
+    def _reduced(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, ...]:
+        """The float64 ends, the width, the phase of the lower end and f at both ends."""
+        low_end, high_end = lower.double(), upper.double()
+        theta = torch.atan2(torch.sin(low_end), torch.cos(low_end))
+        return low_end, high_end, high_end - low_end, theta, self.f(low_end), self.f(high_end)
+
+    def _extremes(self, slope: Tensor, reduced: tuple[Tensor, ...], dtype: torch.dtype,
+                  sides: tuple[int, ...] = (-1, 1)) -> list[Tensor]:
+        """Bounds of f(x) - slope * x on the narrow, finite intervals of `reduced`, in `dtype`, for
+        the runtime's f: the least value for side -1, the greatest for 1."""
+        low_end, high_end, width, theta, f_low, f_high = reduced
+        a = slope.double()
+        ends = [f_low - a * low_end, f_high - a * high_end]
+        valid = a.abs() < 1  # otherwise g is monotone: the ends hold its extremes
+        base = torch.acos(torch.where(valid, a, 0.0))  # acos' derivative is infinite at +-1
+        shift = math.pi / 2 if self.cosine else 0.0
+        critical = []
+        for sign in (1.0, -1.0):
+            first = sign * base - shift - theta
+            first = first - 2 * math.pi * torch.floor((first + self.DELTA) / (2 * math.pi))  # in [-DELTA, 2 pi)
+            for t in (first, first + 2 * math.pi):  # the interval is narrower than 2 pi
+                near = valid & (t >= -self.DELTA) & (t <= width + self.DELTA)
+                t = torch.minimum(torch.maximum(t, torch.zeros_like(t)), width)
+                critical.append((self.f(theta + t) - a * t - a * low_end, near))
+        magnitude = 2 + a.abs() * (low_end.abs() + high_end.abs() + 8)
+        slack = (8 * torch.finfo(torch.float64).eps * magnitude + self.DELTA + self.DELTA ** 2 / 2
+                 + self.OP_ERROR * torch.finfo(self.model_dtype).eps)
+        bounds = []
+        for side in sides:
+            excluded = torch.tensor(-side * math.inf, dtype=torch.float64, device=a.device)
+            values = torch.stack(torch.broadcast_tensors(*ends, *(torch.where(ok, v, excluded) for v, ok in critical)))
+            best = values.amax(0) if side > 0 else values.amin(0)
+            bounds.append(_outwards(best + side * slack, dtype, side))
+        return bounds
 
     def ibp(self, x: Interval) -> Interval:
-        wide = (x.upper - x.lower) >= 2 * math.pi
-        bounds = super().ibp(Interval(torch.where(wide, 0.0, x.lower), torch.where(wide, 0.0, x.upper)))
-        return Interval(torch.where(wide, -1.0, bounds.lower), torch.where(wide, 1.0, bounds.upper))
+        wide = self._wide(x.lower, x.upper)
+        zero = torch.zeros_like(x.lower)
+        reduced = self._reduced(torch.where(wide, zero, x.lower), torch.where(wide, zero, x.upper))
+        low, high = self._extremes(zero, reduced, x.lower.dtype)
+        # onnxruntime's float32 and float64 sin and cos never leave [-1, 1] (tests/test_periodic.py)
+        return Interval(torch.where(wide, -1.0, low).clamp(-1, 1), torch.where(wide, 1.0, high).clamp(-1, 1))
 
     def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
-        wide = (upper - lower) >= 2 * math.pi
-        narrow = super().relax(torch.where(wide, 0.0, lower), torch.where(wide, 0.0, upper), alpha)
+        wide = self._wide(lower, upper)
         zero = torch.zeros_like(lower)
-        return LinearRelaxation(
-            torch.where(wide, zero, narrow.lower_slope), torch.where(wide, -1.0, narrow.lower_intercept),
-            torch.where(wide, zero, narrow.upper_slope), torch.where(wide, 1.0, narrow.upper_intercept),
-        )
+        lower, upper = torch.where(wide, zero, lower), torch.where(wide, zero, upper)
+        reduced = self._reduced(lower, upper)
+        if alpha is None:  # MIXED curvature: both lines take the chord's slope
+            lower_slope = upper_slope = self.slopes(lower, upper)[0]
+            low, high = self._extremes(lower_slope, reduced, lower.dtype)
+        else:
+            lower_slope, upper_slope = alpha
+            (low,) = self._extremes(lower_slope, reduced, lower.dtype, (-1,))
+            (high,) = self._extremes(upper_slope, reduced, lower.dtype, (1,))
+        return LinearRelaxation(torch.where(wide, zero, lower_slope), torch.where(wide, -1.0, low),
+                                torch.where(wide, zero, upper_slope), torch.where(wide, 1.0, high))
 
 
-_FUNCTIONS = {"exp": Exp, "log": Log, "sin": lambda: Periodic(0.0), "cos": lambda: Periodic(math.pi / 2)}
+def _outwards(value: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
+    """`value` (float64) in `dtype`, rounded down (direction -1) or up (1); gradients pass."""
+    cast = value.to(dtype)
+    if dtype == torch.float64:
+        return cast
+    with torch.no_grad():
+        short = cast.double() > value if direction < 0 else cast.double() < value
+        step = torch.nextafter(cast, torch.full_like(cast, direction * torch.inf)) - cast
+    return cast + torch.where(short, step, torch.zeros_like(step))
+
+
+_FUNCTIONS = {
+    "exp": lambda builder: Exp(),
+    "log": lambda builder: Log(),
+    "sin": lambda builder: Periodic(False, builder.dtype),
+    "cos": lambda builder: Periodic(True, builder.dtype),
+}
 
 
 def function(builder, name: str, x):
     if name not in _FUNCTIONS:
         raise Unsupported(f"function '{name}'")
-    return builder.add(_FUNCTIONS[name](), [x])
+    return builder.add(_FUNCTIONS[name](builder), [x])
 
 
 def reciprocal(builder, x):
