@@ -345,8 +345,8 @@ def _outwards(value: Tensor, dtype: torch.dtype, direction: int) -> Tensor:
 _FUNCTIONS = {
     "exp": lambda builder: Exp(),
     "log": lambda builder: Log(),
-    "sin": lambda builder: Periodic(False, builder.dtype),
-    "cos": lambda builder: Periodic(True, builder.dtype),
+    "sin": lambda builder: Periodic(False, builder.exec_dtype),
+    "cos": lambda builder: Periodic(True, builder.exec_dtype),
 }
 
 
