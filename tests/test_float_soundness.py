@@ -75,9 +75,9 @@ def onnxruntime_outputs(model: str, xs: np.ndarray) -> np.ndarray:
     return np.array([session.run(None, {"x": x.reshape(1, 1)})[0].item() for x in xs])
 
 
-def assert_never_proved(capsys, tmp_path, model: str, prop: str, timeout: str = "20") -> str:
+def assert_never_proved(capsys, tmp_path, model: str, prop: str, timeout: str = "20", *options: str) -> str:
     results = tmp_path / "results.txt"
-    code = cli.main([model, prop, "--timeout", timeout, "--results", str(results)])
+    code = cli.main([model, prop, "--timeout", timeout, "--results", str(results), *options])
     verdict = capsys.readouterr().out.strip().splitlines()[-1]
     assert code == 0 and verdict != "unsat", "a violated property was proved"
     if verdict == "sat":
@@ -122,6 +122,21 @@ def test_catastrophic_cancellation_is_not_proved_by_the_float64_recheck(capsys, 
     values = onnxruntime_outputs(model, every_float(low, high, dtype, 4096))
     assert values.max() >= threshold
     assert_never_proved(capsys, tmp_path, model, violated_property(tmp_path / "p.vnnlib", low, high, threshold))
+
+
+# The attack looks at one random point and runs no PGD: what is left to decide is the proof.
+NO_ATTACK = ("--set", "attack.random_samples=1", "--set", "attack.restarts=0")
+
+
+@pytest.mark.parametrize("dtype, shift, high, threshold", [(np.float32, 2.0 ** 23, 10.0, 0.49),
+                                                           (np.float32, 2.0 ** 20, 1.0, 0.06),
+                                                           (np.float64, 2.0 ** 52, 10.0, 0.49)])
+def test_catastrophic_cancellation_is_not_proved_when_the_attack_misses(capsys, tmp_path, dtype, shift, high,
+                                                                        threshold):
+    model = cancelling_model(tmp_path / "cancel.onnx", dtype, shift)
+    assert onnxruntime_outputs(model, every_float(0.0, high, dtype, 1 << 16)).max() >= threshold
+    prop = violated_property(tmp_path / "p.vnnlib", 0.0, high, threshold)
+    assert_never_proved(capsys, tmp_path, model, prop, "10", *NO_ATTACK)
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
