@@ -64,12 +64,14 @@ class Network(nn.Module):
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Every node's value for the batch `x` [B, *input_shape]; a node that the model computes
-        in a narrower float type (after a Cast) is rounded to it, as onnxruntime would."""
+        in a narrower float type (after a Cast) is rounded to it, as onnxruntime would (moves and
+        selections compute nothing, so they pass their input on as it is)."""
         values: list[Tensor] = [x]
         for node in self.nodes[1:]:
             rule = self.rules[node.rule]
             value = rule(*(values[i] for i in node.inputs))
-            narrower = rule.exec_dtype is not None and torch.finfo(rule.exec_dtype).eps > torch.finfo(value.dtype).eps
+            narrower = not rule.exact and rule.exec_dtype is not None \
+                and torch.finfo(rule.exec_dtype).eps > torch.finfo(value.dtype).eps
             values.append(value.to(rule.exec_dtype).to(value.dtype) if narrower else value)
         return values
 
