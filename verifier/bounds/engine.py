@@ -68,7 +68,8 @@ def execution_error(network: Network, index: int, bounds: list[Interval | None],
     inputs = [bounds[i] for i in node.inputs]
     if any(x is None for x in inputs):
         raise ValueError(f"{node.label}: the intervals of its inputs are needed for its rounding error")
-    error = network.rules[node.rule].execution_error(*inputs)
+    with torch.no_grad():  # a constant for the optimisers, as in backward_bound
+        error = network.rules[node.rule].execution_error(*inputs)
     if errors is not None:
         errors[index] = error
     return error
@@ -159,7 +160,9 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         rule = network.rules[node.rule]
         error = execution_error(network, index, bounds, errors)
         if error is not None:
-            part = _error_term(node_coeffs, error)
+            # a constant for the optimisers: no gradient, so autograd keeps no copy of |coeffs|
+            with torch.no_grad():
+                part = _error_term(node_coeffs, error)
             total = LinearBound(total.lower - part, total.magnitude + part)
         if not rule.has_linear_rule:
             part = interval_concretize(densify(node_coeffs), bounds[index])

@@ -4,7 +4,8 @@ softmax(x)_i = 1 / sum_j exp(x_j - x_i), so its IBP and linear bounds follow fro
 WeightedSum, Exp, Reduce and Reciprocal without a rule of its own. Unlike exp(x_i) / sum_j
 exp(x_j) it never overflows for large logits (the term j = i is exp(0) = 1, the sum is at least
 1), as onnxruntime's own max-shifted evaluation does not, and its bounds are tighter: the
-differences cancel the logits' common part before the exponential.
+differences cancel the logits' common part before the exponential. The pairs cost n times the
+logits, so long softmax axes (attention over many tokens) keep exp(x_i) / sum_j exp(x_j).
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
 from torch import nn
 
 from verifier.bounds.arith import WeightedSum
+from verifier.bounds.bilinear import multiply
 from verifier.bounds.core import Unsupported, register
 from verifier.bounds.linear import Reduce
 from verifier.bounds.shape import Reshape
 from verifier.bounds.smooth import Exp, reciprocal
 
+# Most pair elements (logits times the softmax axis) for the pairwise form.
+PAIRWISE_LIMIT = 4096
+
 
 def _softmax(builder, x, axis: int):
     shape = x.shape
+    if math.prod(shape) * shape[axis] > PAIRWISE_LIMIT:
+        return _softmax_by_sum(builder, x, axis)
     rows = builder.add(Reshape(shape, shape[:axis + 1] + (1,) + shape[axis + 1:]), [x])   # x_i
     columns = builder.add(Reshape(shape, shape[:axis] + (1,) + shape[axis:]), [x])       # x_j
     pairs = shape[:axis + 1] + (shape[axis],) + shape[axis + 1:]
@@ -30,6 +37,13 @@ def _softmax(builder, x, axis: int):
     exponentials = builder.add(Exp(), [differences])
     total = builder.add(Reduce((axis + 1,), False, 1.0, pairs), [exponentials])
     return reciprocal(builder, total)
+
+
+def _softmax_by_sum(builder, x, axis: int):
+    """exp(x_i) / sum_j exp(x_j): one exponential per logit, but it overflows above about 88."""
+    exponentials = builder.add(Exp(), [x])
+    total = builder.add(Reduce((axis,), True, 1.0, exponentials.shape), [exponentials])
+    return multiply(builder, exponentials, reciprocal(builder, total))
 
 
 @register(nn.Softmax, "Softmax")
