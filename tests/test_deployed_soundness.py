@@ -36,11 +36,10 @@ ROWS = 8  # output coordinates bounded by CROWN (each from below and above)
 
 
 def _deployed_box(model_path, prop_path, shrink: float):
-    model = cached_model(str(model_path))
-    prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
-    case = prop.cases[0]
     try:
-        network = build_network(model, torch.from_numpy((case.lower + case.upper) / 2))
+        model = cached_model(str(model_path))
+        prop = parse_file(prop_path).padded_to_outputs(model.num_outputs)
+        network = build_network(model, torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2))
     except ModelError as error:
         pytest.skip(f"not supported: {error}")
     spec = Spec.build(prop, network.input_shape, network.dtype)

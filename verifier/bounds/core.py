@@ -80,7 +80,8 @@ class Rule(nn.Module):
     # True when `backward` takes an `alpha` slot (free relaxation parameters, alpha-CROWN).
     has_alpha = False
     # How onnxruntime's result may differ from the exact operator (see `execution_error`): not at
-    # all (moves, selections, ReLU, max); or by the rounding of `rounding_terms` operations in
+    # all (moves, selections, ReLU, max; `exact`, which also marks a rule whose own bounds already
+    # hold onnxruntime's values, as Sin and Cos do); or by the rounding of `rounding_terms` operations in
     # `exec_dtype` (the dtype of the node's output in the ONNX graph, set by the graph builder;
     # None: real arithmetic, the operator taken as exact), relative to the sum of the absolute
     # values combined, which rules that add up products (`sums_products`) get from their interval
