@@ -23,6 +23,27 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+def absolute_weight(rule: Rule) -> Tensor:
+    """|rule.weight|, computed once per weight tensor (after `.to()` the new one gets its own):
+    every interval pass needs it, and the largest layers hold tens of millions of weights."""
+    cached = rule.__dict__.get("_absolute_weight")
+    if cached is None or cached[0] is not rule.weight:
+        cached = (rule.weight, rule.weight.abs())
+        rule.__dict__["_absolute_weight"] = cached
+    return cached[1]
+
+
+def remember_magnitude(rule: Rule, x: Interval, magnitude: Tensor) -> None:
+    """Keep the sum of absolute terms of the last interval pass: the rounding bound of the same
+    operands (Rule.magnitude, asked right after) is that very tensor."""
+    rule.__dict__["_magnitude"] = (x, magnitude)
+
+
+def remembered_magnitude(rule: Rule, x: Interval) -> Tensor | None:
+    cached = rule.__dict__.get("_magnitude")
+    return cached[1] if cached is not None and cached[0] is x else None
+
+
 class Linear(Rule):
     """`y = x @ weight.T + bias` on the last axis; weight [out, in]."""
 
@@ -41,12 +62,14 @@ class Linear(Rule):
         return self.weight.shape[1] + 1
 
     def magnitude(self, x: Interval) -> Tensor:
-        return F.linear(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
-                        None if self.bias is None else self.bias.abs())
+        remembered = remembered_magnitude(self, x)
+        return remembered if remembered is not None else F.linear(x.center.abs() + x.radius, absolute_weight(self),
+                                                         None if self.bias is None else self.bias.abs())
 
     def ibp(self, x: Interval) -> Interval:
-        size = self.weight.abs()
+        size = absolute_weight(self)
         magnitude = F.linear(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        remember_magnitude(self, x, magnitude)
         return Interval.from_center(self.forward(x.center), F.linear(x.radius, size), magnitude,
                                     self.weight.shape[1] + 1)
 
@@ -97,12 +120,14 @@ class Conv(Rule):
         return self.weight[0].numel() + 1
 
     def magnitude(self, x: Interval) -> Tensor:
-        return self._conv(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
-                          None if self.bias is None else self.bias.abs())
+        remembered = remembered_magnitude(self, x)
+        return remembered if remembered is not None else self._conv(x.center.abs() + x.radius, absolute_weight(self),
+                                                           None if self.bias is None else self.bias.abs())
 
     def ibp(self, x: Interval) -> Interval:
-        size = self.weight.abs()
+        size = absolute_weight(self)
         magnitude = self._conv(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        remember_magnitude(self, x, magnitude)
         return Interval.from_center(self.forward(x.center), self._conv(x.radius, size, None), magnitude,
                                     self.weight[0].numel() + 1)
 
@@ -174,12 +199,14 @@ class ConvTranspose(Rule):
         return self.weight.shape[0] * self.weight[0, 0].numel() + 1
 
     def magnitude(self, x: Interval) -> Tensor:
-        return self._conv_t(torch.maximum(x.lower.abs(), x.upper.abs()), self.weight.abs(),
-                            None if self.bias is None else self.bias.abs())
+        remembered = remembered_magnitude(self, x)
+        return remembered if remembered is not None else self._conv_t(x.center.abs() + x.radius, absolute_weight(self),
+                                                             None if self.bias is None else self.bias.abs())
 
     def ibp(self, x: Interval) -> Interval:
-        size = self.weight.abs()
+        size = absolute_weight(self)
         magnitude = self._conv_t(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
+        remember_magnitude(self, x, magnitude)
         return Interval.from_center(self.forward(x.center), self._conv_t(x.radius, size, None), magnitude,
                                     self.weight.shape[0] * self.weight[0, 0].numel() + 1)
 
