@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import onnx
 from onnx import TensorProto, helper
 
 from verifier.bounds.core import FUNCTION_ROUNDINGS, execution_rounding
@@ -61,3 +62,87 @@ def test_onnxruntime_stays_within_the_rounding_allowance(op):
     worst = int(np.argmax(error / allowance))
     assert np.all(error <= allowance), (op, float(x[finite][worst]), float(got[finite][worst]),
                                         float(exact[finite][worst]), float(allowance[worst]))
+
+
+def _relu_matmul(weight: np.ndarray) -> onnxruntime.InferenceSession:
+    n, m = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])], "relu_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, m])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [n, m], weight.reshape(-1).tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("live", [200, 1000])
+def test_a_dot_product_rounds_only_in_its_non_zero_terms(live):
+    """Inputs a ReLU holds at exactly 0 add no rounding: the allowance counts only the live terms,
+    and it still holds what onnxruntime computes; two roundings would not (so the count matters)."""
+    from verifier.bounds.core import Interval
+    from verifier.bounds.linear import Linear
+
+    rng = np.random.default_rng(live)
+    dead = 3 * live
+    weight = rng.uniform(0.5, 1.5, size=(dead + live, 8)).astype(np.float32)
+    lower = np.concatenate([np.full(dead, -2.0), np.full(live, 0.9)]).astype(np.float32)
+    upper = np.concatenate([np.full(dead, -1.0), np.full(live, 1.1)]).astype(np.float32)
+    points = (lower + rng.random((256, dead + live)) * (upper - lower)).astype(np.float32)
+    got = _relu_matmul(weight).run(None, {"x": points})[0].astype(np.float64)
+    exact = np.maximum(points.astype(np.float64), 0) @ weight.astype(np.float64)
+    error = np.abs(got - exact).max(0)
+
+    rule = Linear(torch.from_numpy(weight.T.copy()), None)
+    rule.exec_dtype = torch.float32
+    relu_out = Interval(torch.from_numpy(np.maximum(lower, 0))[None], torch.from_numpy(np.maximum(upper, 0))[None])
+    assert int(rule.active_terms(relu_out).max()) == live + 1
+    allowance = rule.execution_error(relu_out)[0].numpy()
+    assert np.all(error <= allowance), (error, allowance)
+    two_roundings = execution_rounding(torch.float32, 2, rule.magnitude(relu_out))[0].numpy()
+    assert np.any(error > two_roundings)
+
+
+def test_a_convolution_counts_the_live_inputs_under_each_window():
+    from verifier.bounds.core import Interval
+    from verifier.bounds.linear import Conv
+
+    module = torch.nn.Conv2d(2, 3, 3, padding=1)
+    rule = Conv(module, (2, 5, 5), (3, 5, 5))
+    lower = torch.zeros(1, 2, 5, 5)
+    upper = torch.zeros(1, 2, 5, 5)
+    upper[0, 0, 2, 2] = 1.0  # one live input: the 3x3 windows around it see it, the others nothing
+    upper[0, 1, 0, 0] = 1.0
+    counts = rule.active_terms(Interval(lower, upper))
+    expected = torch.zeros(5, 5)
+    expected[1:4, 1:4] += 1
+    expected[0:2, 0:2] += 1
+    assert torch.equal(counts[0, 0], expected + 1)
+
+
+def test_neurons_at_zero_widened_only_by_underflow_are_not_refined(tmp_path):
+    """A layer fed only by dead ReLUs computes exactly 0; its interval is that 0 widened by the
+    underflow terms of the rounding bound, which no CROWN sweep can narrow: it is not refined."""
+    from tests.graphs import GraphWriter
+    from verifier.bounds.core import Interval
+    from verifier.bounds.engine import crown_bounds
+    from verifier.bounds.optimize import AlphaStore
+    from verifier.graph import build_network
+    from verifier.load import load_model
+
+    writer = GraphWriter(np.random.default_rng(0))
+    dead = writer.op("Relu", [writer.op("Add", ["x", writer.const(np.full(4, -5.0))])])  # always 0
+    hidden = writer.op("Relu", [writer.op("MatMul", [dead, writer.weight(4, 6)])])
+    live = writer.op("Relu", [writer.dense("x", 4, 6, gemm=True)])
+    live = writer.op("Relu", [writer.dense(live, 6, 6, gemm=True)])
+    out = writer.dense(writer.op("Add", [hidden, live]), 6, 2, gemm=True)
+    path = tmp_path / "dead.onnx"
+    onnx.save(writer.model([1, 4], out, [1, 2]), path)
+    network = build_network(load_model(str(path)))
+    box = Interval(-torch.ones(1, 4), torch.ones(1, 4))
+    alphas = AlphaStore()
+    bounds = crown_bounds(network, box, alphas)
+    dead_gemm = next(i for i, node in enumerate(network.nodes) if node.inputs and node.inputs[0] == 2)
+    widths = bounds[dead_gemm].upper - bounds[dead_gemm].lower
+    assert bool((widths > 0).all()) and float(widths.max()) < 1e-30  # only the underflow terms
+    assert alphas.positions[dead_gemm].numel() == 0
+    assert any(p.numel() > 0 for p in alphas.positions.values())  # the live layer still is

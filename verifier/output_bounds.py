@@ -8,7 +8,7 @@ import time
 import torch
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
+from verifier.bounds.engine import Errors, backward_bound, crown_bounds, interval_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.errors import UserError
@@ -55,8 +55,9 @@ def raw_output_bounds(network: Network, box: Interval, method: str,
         result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
         bounds, bound = result.intermediate, result.bound.lower
     else:
-        bounds = crown_bounds(network, box)
-        bound = backward_bound(network, network.output, coeffs, bounds).lower
+        errors: Errors = {}
+        bounds = crown_bounds(network, box, errors=errors)
+        bound = backward_bound(network, network.output, coeffs, bounds, errors=errors).lower
     # CROWN is not monotone in its intermediate bounds: keep the final IBP interval where tighter
     out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
     lower = torch.maximum(bound[:, :count], out.lower.reshape(cases, -1))

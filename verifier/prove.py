@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_bounds, interval_concretize
+from verifier.bounds.engine import (
+    Errors,
+    LinearBound,
+    backward_bound,
+    crown_bounds,
+    interval_bounds,
+    interval_concretize,
+)
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.settings import AlphaSettings
@@ -51,8 +58,9 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
         return interval_concretize(coeffs, bounds[network.output]), None
     pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
-        bounds = crown_bounds(network, spec.box)
-        return tightest([backward_bound(network, network.output, coeffs, bounds),
+        errors: Errors = {}
+        bounds = crown_bounds(network, spec.box, errors=errors)
+        return tightest([backward_bound(network, network.output, coeffs, bounds, errors=errors),
                          interval_concretize(coeffs, bounds[network.output]), pure_ibp]), bounds
     if method == "alpha-crown":
         def done(bound: LinearBound) -> bool:

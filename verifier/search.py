@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds, interval_concretize
+from verifier.bounds.engine import Errors, LinearBound, backward_bound, crown_bounds, interval_concretize
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
@@ -204,15 +204,16 @@ class _Search(_Case):
                                                      r.upper.expand(count, *r.upper.shape[1:])) for r in self.root]
         for z in self.splits:
             reference[z] = Interval(lower[z], upper[z])
+        errors: Errors = {}  # the rounding bounds of these intervals, for every sweep below
         with torch.no_grad():
             # intervals by interval arithmetic through the split ones: refining them by CROWN
             # in every sub-domain cost 2-4x the domains per second for no fewer domains to a proof
-            bounds = crown_bounds(network, box, reference=reference, refine=False)
+            bounds = crown_bounds(network, box, reference=reference, refine=False, errors=errors)
         empty = torch.zeros(count, dtype=torch.bool, device=network.device)
         for z in self.splits:
             empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
-        best, seen, betas = self._optimize(bounds, coeffs, signs, betas, refuted,
+        best, seen, betas = self._optimize(bounds, errors, coeffs, signs, betas, refuted,
                                            iterations or self.settings.iterations)
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         keep = torch.from_numpy(~(proved | empty.cpu().numpy())).to(network.device)
@@ -221,7 +222,7 @@ class _Search(_Case):
                            {z: bounds[z].upper.detach() for z in self.splits}, signs, betas, refuted, gap, choice)
         return domains.take(keep.nonzero().flatten())
 
-    def _optimize(self, bounds: list[Interval | None], coeffs: Tensor, signs: dict[int, Tensor],
+    def _optimize(self, bounds: list[Interval | None], errors: Errors, coeffs: Tensor, signs: dict[int, Tensor],
                   start: dict[int, Tensor], refuted: np.ndarray, iterations: int
                   ) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor]]:
         """The final sweep with its alpha and the split constraints' beta (from `start`)
@@ -245,7 +246,7 @@ class _Search(_Case):
         optimizer = None
         for step in range(iterations):
             with torch.enable_grad():
-                final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit)
+                final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit, errors)
             best = keep_best(best, final)
             if step == iterations - 1:
                 break
@@ -335,8 +336,9 @@ class _BoxSearch(_Case):
 
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
         with torch.no_grad():
-            bounds = crown_bounds(network, Interval(lower, upper))
-            best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit),
+            errors: Errors = {}
+            bounds = crown_bounds(network, Interval(lower, upper), errors=errors)
+            best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),
                              interval_concretize(coeffs, bounds[network.output]))
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         width = (upper - lower).reshape(count, -1)

@@ -106,7 +106,13 @@ class Rule(nn.Module):
         size = self.magnitude(*inputs)
         if self.approximated:
             return execution_rounding(self.exec_dtype, FUNCTION_ROUNDINGS, size + 1)
-        return execution_rounding(self.exec_dtype, self.rounding_terms, size)
+        return execution_rounding(self.exec_dtype, self.active_terms(*inputs), size)
+
+    def active_terms(self, *inputs: Interval) -> int | Tensor:
+        """How many roundings each output may see: `rounding_terms`, or per output ([B, *shape] or
+        broadcastable to it) fewer where a rule knows that some of its products are exactly 0 (an
+        exact 0 product adds no rounding to a sum, in any order)."""
+        return self.rounding_terms
 
     def magnitude(self, *inputs: Interval) -> Tensor:
         """[B, *shape]: a bound on the sum of the absolute values the operator combines (for sums
@@ -203,7 +209,7 @@ def rounding(dtype: torch.dtype, terms: int) -> float:
     return (terms + 2) * torch.finfo(dtype).eps
 
 
-def execution_rounding(dtype: torch.dtype, terms: int, size: Tensor) -> Tensor:
+def execution_rounding(dtype: torch.dtype, terms: int | Tensor, size: Tensor) -> Tensor:
     """Error bound of a result computed with `terms` roundings in `dtype` from values whose
     absolute terms add up to `size`: gamma_k * size with k = terms + 1 and gamma_k = k u / (1 - k u),
     u the unit roundoff (Higham, Accuracy and Stability, Thm 3.4: a dot product of n terms, in any
@@ -215,6 +221,11 @@ def execution_rounding(dtype: torch.dtype, terms: int, size: Tensor) -> Tensor:
     k = (terms + 1) * info.eps / 2
     error = k / (1 - k) * size + terms * info.smallest_normal * info.eps
     return torch.where(size * (1 + k) < info.max, error, torch.inf)
+
+
+def exactly_zero(x: Interval) -> Tensor:
+    """[B, *shape] bool: where the interval holds only 0 (a stably inactive ReLU's output)."""
+    return (x.lower == 0) & (x.upper == 0)
 
 
 def row_sum(tensor: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from verifier.bounds.arith import affine
 from verifier.bounds.bilinear import matmul_variables
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, exactly_zero, register, row_sum
 from verifier.bounds.patches import Patches
 from verifier.bounds.shape import Reshape, Transpose
 
@@ -60,6 +60,10 @@ class Linear(Rule):
     @property
     def rounding_terms(self) -> int:
         return self.weight.shape[1] + 1
+
+    def active_terms(self, x: Interval) -> Tensor:
+        # the inputs that may be non-zero, and the bias: [B, ..., 1], the same for every output
+        return (~exactly_zero(x)).sum(-1, keepdim=True) + 1
 
     def magnitude(self, x: Interval) -> Tensor:
         remembered = remembered_magnitude(self, x)
@@ -118,6 +122,16 @@ class Conv(Rule):
     @property
     def rounding_terms(self) -> int:
         return self.weight[0].numel() + 1
+
+    def active_terms(self, x: Interval) -> Tensor:
+        # inputs that may be non-zero under each output's window, over all input channels (a
+        # bound for grouped convolutions, capped by the kernel's size), and the bias: [B, 1, *spatial]
+        window = torch.ones(1, self.in_shape[-self.dims - 1], *self.weight.shape[2:], dtype=x.lower.dtype,
+                            device=x.lower.device)
+        maps = (~exactly_zero(x)).to(x.lower.dtype).reshape(-1, *self.in_shape[-self.dims - 1:])
+        counts = _CONV[self.dims](maps, window, None, self.stride, self.padding, self.dilation)
+        counts = counts.reshape(x.lower.shape[0], *self.out_shape[:-self.dims - 1], 1, *self.out_shape[-self.dims:])
+        return counts.clamp(max=self.weight[0].numel()) + 1
 
     def magnitude(self, x: Interval) -> Tensor:
         remembered = remembered_magnitude(self, x)

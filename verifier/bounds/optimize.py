@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import LinearBound, backward_bound, crown_bounds
+from verifier.bounds.engine import Errors, LinearBound, backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches
 from verifier.bounds.relaxation import AlphaStore
@@ -56,6 +56,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     """
     alphas, crown = _start(network, box, settings)
     fixed = None if alphas.parameters() else crown
+    fixed_errors: Errors = {}  # the rounding bounds of the fixed intervals, found in the first sweep
     reference = crown  # best intervals so far; updated only while the intermediate bounds move
     best: LinearBound | None = None
     optimizer = None
@@ -64,8 +65,12 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     for iteration in range(1, settings.iterations + 1):
         started = time.perf_counter()
         with torch.enable_grad():
-            bounds = crown_bounds(network, box, alphas, reference) if fixed is None else fixed
-            final = backward_bound(network, network.output, coeffs, bounds, alphas, "final")
+            if fixed is None:
+                errors = {}
+                bounds = crown_bounds(network, box, alphas, reference, errors=errors)
+            else:
+                bounds, errors = fixed, fixed_errors
+            final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", errors=errors)
         improved = best is None or bool((final.lower.detach() > best.lower + 1e-4 * (1 + best.lower.abs())).any())
         gained = gained or (improved and best is not None)
         best = keep_best(best, final)
