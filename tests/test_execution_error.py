@@ -9,10 +9,10 @@ math on the same float32 arguments): the difference must stay within the rule's 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
-import onnx
 from onnx import TensorProto, helper
 
 from verifier.bounds.core import FUNCTION_ROUNDINGS, execution_rounding
