@@ -113,16 +113,17 @@ def test_split_terms_are_sound_on_their_sub_domain(seed):
     assert bool((bound.lower[0] <= rows.min(0).values + 1e-9).all())
 
 
-@pytest.mark.parametrize("on", ["relu", "input"])
+@pytest.mark.parametrize("on, candidates", [("relu", 1), ("relu", 3), ("input", 1)])
 @pytest.mark.parametrize("seed", range(4))
-def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed, on):
+def test_never_proves_a_violated_property_and_proves_what_crown_cannot(seed, on, candidates):
     """Just above the least output found, the property is violated and must stay unproved; 30% of
-    the way from there down to CROWN's bound, CROWN fails and branch and bound proves it."""
+    the way from there down to CROWN's bound, CROWN fails and branch and bound proves it (with the
+    score alone, and with filtered smart branching)."""
     network = relu_network(seed, width=12)
     smallest = smallest_output(network, -0.5, 0.5, 2)
     crown_lower = float(prove(network, spec_below(smallest, -0.5, 0.5, 2), "crown").lower[0, 0])
     assert crown_lower < smallest - 0.01
-    settings = BranchSettings(batch=16, iterations=5)
+    settings = BranchSettings(batch=16, iterations=5, candidates=candidates)
     for threshold, provable in ((smallest + 1e-3, False), (smallest - 0.3 * (smallest - crown_lower), True)):
         spec = spec_below(threshold, -0.5, 0.5, 2)
         crown = prove(network, spec, "crown")
@@ -205,3 +206,44 @@ def test_the_split_score_is_the_relu_upper_line_intercept():
     lower, upper = torch.tensor([-1.0, -3.0, -0.5]), torch.tensor([1.0, 1.0, 4.0])
     relaxation = ReLU().relax(lower, upper)
     assert torch.allclose(ReLU().split_score(lower, upper), relaxation.upper_intercept)
+
+
+@pytest.mark.parametrize("favoured", [0, 1, 2])
+def test_filtered_branching_splits_the_candidate_whose_children_bound_best(monkeypatch, favoured):
+    """Among the best-scored neurons, the one whose children's estimated bounds are closest to
+    proved is split; the estimate of each child is a lower bound of the outputs on that child."""
+    network = relu_network(1, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) - 0.01, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    seen_scores, estimates = [], []
+    real_scores, real_children = search._Search._scores, search._Search._children_bounds
+
+    def scores(self, *args):
+        seen_scores.append(real_scores(self, *args))
+        return seen_scores[-1]
+
+    def children(self, bounds, domains, alphas, choice):
+        estimates.append((real_children(self, bounds, domains, alphas, choice), bounds, choice))
+        fake = torch.full((2, choice.shape[1], choice.shape[0], self.coeffs.shape[1]), -10.0, dtype=torch.float64)
+        fake[:, favoured] = 5.0
+        return fake
+
+    monkeypatch.setattr(search._Search, "_scores", scores)
+    monkeypatch.setattr(search._Search, "_children_bounds", children)
+    case = search._Search(network, spec, 0, crown.intervals, BranchSettings(candidates=3, iterations=2))
+    domains = case.bound_children(None)
+    assert len(domains) == 1
+    pick = seen_scores[0].score.topk(3, dim=1).indices[0, favoured]
+    assert domains.choice[0].tolist() == [int(seen_scores[0].owners[pick]), int(seen_scores[0].neurons[pick])]
+
+    # the real estimates, checked against sampled points of each child
+    real, bounds, choice = estimates[0]
+    points = grid(-0.5, 0.5, 2, 60)
+    values = network.forward_all(points)
+    outputs = values[network.output].reshape(points.shape[0], -1) @ case.coeffs.reshape(case.coeffs.shape[1], -1).T
+    for candidate in range(3):
+        z, neuron = (int(v) for v in choice[0, candidate])
+        pre = values[z].reshape(points.shape[0], -1)[:, neuron]
+        for side, inside in enumerate([pre <= 0, pre >= 0]):
+            if bool(inside.any()):
+                assert bool((real[side, candidate, 0] <= outputs[inside].min(0).values + 1e-9).all())

@@ -73,6 +73,8 @@ class BranchSettings:
     iterations: int = setting(10, "Adam steps on the final sweep's alpha and beta per step", minimum=0)
     learning_rate: float = setting(0.1, "Adam's learning rate for alpha and beta", above=0)
     decay: float = setting(0.98, "learning-rate factor per Adam step", above=0, maximum=1)
+    candidates: int = setting(1, "ReLU splits: the best-scored neurons whose children one cheap sweep bounds "
+                              "before the split (filtered smart branching; 1: the score alone)", minimum=1)
     memory_mb: float = setting(2048.0, "memory (MiB) the open domains may take before the search gives up",
                                above=0)
 

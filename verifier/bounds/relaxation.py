@@ -105,6 +105,20 @@ class AlphaStore:
     def parameters(self) -> list[Tensor]:
         return [p for group in self.params.values() for p in group]
 
+    def take(self, index: Tensor) -> AlphaStore:
+        """A detached store of the parameters of batch elements `index` only."""
+        return self._mapped(lambda p: p.detach()[index])
+
+    def repeated(self, copies: int) -> AlphaStore:
+        """A detached store whose batch is this one's `copies` times over ([copies * B, ...])."""
+        return self._mapped(lambda p: p.detach().repeat(copies, *([1] * (p.dim() - 1))))
+
+    def _mapped(self, change) -> AlphaStore:
+        store = AlphaStore()
+        store.params = {key: [change(p) for p in group] for key, group in self.params.items()}
+        store.positions = dict(self.positions)
+        return store
+
     def project(self) -> None:
         """Move every parameter back into its valid range (after an optimiser step)."""
         with torch.no_grad():
