@@ -52,7 +52,8 @@ OUT_OF_RANGE = {"attack.random_samples": "-1", "attack.restarts": "-3", "attack.
                 "attack.step_fraction": "0", "attack.time_share": "1.5", "alpha.iterations": "-3",
                 "alpha.learning_rate": "0", "alpha.decay": "1.01", "alpha.patience": "0",
                 "alpha.intermediate_memory_mb": "-1", "branch.batch": "0", "branch.iterations": "-1",
-                "branch.learning_rate": "-0.1", "branch.decay": "0", "branch.memory_mb": "0"}
+                "branch.learning_rate": "-0.1", "branch.decay": "0", "branch.candidates": "0",
+                "branch.memory_mb": "0"}
 
 
 @pytest.mark.parametrize("key", sorted(KEYS))
