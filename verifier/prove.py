@@ -18,6 +18,7 @@ from verifier.bounds.core import Interval
 from verifier.bounds.engine import (
     Errors,
     LinearBound,
+    OutOfTime,
     backward_bound,
     crown_bounds,
     interval_bounds,
@@ -39,6 +40,7 @@ class Proof:
     seconds: float
     rechecked: bool         # whether float64 was needed
     intervals: list[Interval | None] | None = None  # every node's bounds (CROWN methods), [B, *shape]
+    interrupted: bool = False  # the deadline came before the bound did (nothing proved)
 
     @property
     def all_proved(self) -> bool:
@@ -50,7 +52,8 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
     """Lower bounds [B, m] of the rows `C y` over each case's box, and (CROWN methods) the
     intervals of every node that the bound used.
 
-    alpha-CROWN stops early once every case is proved, and at `time_left() <= 0`.
+    alpha-CROWN stops early once every case is proved, and at `time_left() <= 0` with its best
+    bound so far; CROWN, or alpha-CROWN before its first bound, raises OutOfTime there.
     """
     coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
     if method == "ibp":
@@ -59,7 +62,7 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
     pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
         errors: Errors = {}
-        bounds = crown_bounds(network, spec.box, errors=errors)
+        bounds = crown_bounds(network, spec.box, errors=errors, time_left=time_left)
         return tightest([backward_bound(network, network.output, coeffs, bounds, errors=errors),
                          interval_concretize(coeffs, bounds[network.output]), pure_ibp]), bounds
     if method == "alpha-crown":
@@ -87,8 +90,13 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
     """Bound the property with `method`; re-check close rows in float64. The node intervals are
     kept in the result only with `keep_intervals` (on large models they take gigabytes)."""
     start = time.perf_counter()
-    with torch.no_grad():
-        bound, intervals = spec_bound(network, spec, method, alpha, time_left)
+    try:
+        with torch.no_grad():
+            bound, intervals = spec_bound(network, spec, method, alpha, time_left)
+    except OutOfTime:  # nothing proved; the caller goes on with what time is left (the attack)
+        lower = np.full((spec.cases, spec.matrix.shape[1]), -np.inf)
+        return Proof(method, np.zeros(spec.cases, dtype=bool), lower, time.perf_counter() - start, False,
+                     interrupted=True)
     if not keep_intervals:
         intervals = None  # before a float64 re-check needs the memory
     refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
@@ -103,8 +111,11 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
             rechecked = True
             wide = copy.deepcopy(network).double()
             wide_spec = spec.to(torch.float64)
-            with torch.no_grad():
-                wide_bound, _ = spec_bound(wide, wide_spec, method, alpha, time_left)
-            refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
-            proved = spec.proved_cases(refuted)
+            try:
+                with torch.no_grad():
+                    wide_bound, _ = spec_bound(wide, wide_spec, method, alpha, time_left)
+                refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
+                proved = spec.proved_cases(refuted)
+            except OutOfTime:
+                pass  # the float32 result stands
     return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals)

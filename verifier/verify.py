@@ -84,7 +84,8 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
         proof = prove(network, spec, method, settings.alpha, deadline.remaining, keep_intervals=branching)
         timings[method] = proof.seconds
         log.info("%s: %d/%d boxes proved in %.3fs%s", method, proof.proved.sum(), spec.cases, proof.seconds,
-                 " (float64 re-check)" if proof.rechecked else "")
+                 " (float64 re-check)" if proof.rechecked else " (cut short by the deadline)" if proof.interrupted
+                 else "")
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 

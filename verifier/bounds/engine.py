@@ -28,6 +28,16 @@ COEFF_BUDGET = 1 << 25
 Visit = Callable[[int, "Tensor | Patches"], "Tensor | Patches"]
 
 
+class OutOfTime(Exception):
+    """A bound pass reached its deadline before it finished: it gives no bounds."""
+
+
+def check_time(time_left: Callable[[], float] | None) -> None:
+    """Raise OutOfTime once `time_left()` (seconds) is spent; the passes call it between sweeps."""
+    if time_left is not None and time_left() <= 0:
+        raise OutOfTime
+
+
 @dataclass
 class LinearBound:
     """Lower bounds [B, m] of linear functions, with the magnitude of the terms summed into them.
@@ -245,7 +255,7 @@ def relevant_neurons(network: Network, index: int, bounds: Interval) -> Tensor |
 
 def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = None,
                  reference: list[Interval | None] | None = None, refine: bool = True,
-                 errors: Errors | None = None) -> list[Interval | None]:
+                 errors: Errors | None = None, time_left: Callable[[], float] | None = None) -> list[Interval | None]:
     """Intervals for every node: IBP from the bounds so far, and CROWN on the neurons that a
     relaxation needs and IBP leaves unstable (as the published algorithm's sparse mode does).
 
@@ -253,7 +263,8 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
     neurons are fixed at the first call) and `reference` the best intervals found so far, which
     tighten the new ones (their gradient still flows through the new ones). With `refine` False no
     node is refined: IBP through the reference intervals. The nodes' rounding errors go into
-    `errors` when given, for later sweeps over the same intervals.
+    `errors` when given, for later sweeps over the same intervals. Raises OutOfTime when
+    `time_left()` is spent between two sweeps.
     """
     needed = nodes_to_refine(network) if refine else set()
     bounds: list[Interval | None] = [box]
@@ -261,7 +272,7 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
     for index in range(1, len(network.nodes)):
         current = node_interval(network, index, bounds, errors)
         if index in needed:
-            current = _refine(network, index, current, bounds, alphas, errors)
+            current = _refine(network, index, current, bounds, alphas, errors, time_left)
         if reference is not None and reference[index] is not None:
             best = reference[index]
             current = Interval(_tighten(current.lower, best.lower, torch.gt),
@@ -278,7 +289,8 @@ def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Ten
 
 
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
-            alphas: AlphaStore | None = None, errors: Errors | None = None) -> Interval:
+            alphas: AlphaStore | None = None, errors: Errors | None = None,
+            time_left: Callable[[], float] | None = None) -> Interval:
     """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
     batch = current.lower.shape[0]
     if alphas is not None and index in alphas.positions:
@@ -305,6 +317,7 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
     upper = current.upper.reshape(batch, -1).clone()
     windowed = network.rule(index).accepts_patches and len(shape) in (3, 4) and shape[-1] * shape[-2] > 1
     for begin in range(0, positions.numel(), chunk):
+        check_time(time_left)
         part = positions[begin:begin + chunk]
         rows = part.numel()
         if windowed:  # rows of a feature map touch only their receptive fields: start with windows

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import Errors, LinearBound, backward_bound, crown_bounds
+from verifier.bounds.engine import Errors, LinearBound, OutOfTime, backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches
 from verifier.bounds.relaxation import AlphaStore
@@ -49,12 +49,13 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
                     done: Callable[[LinearBound], bool] | None = None) -> OptimizedBound:
     """Optimise the lower bounds of the rows `coeffs` [B, m, *output_shape] over the boxes.
 
-    `done(best)` ends the search early (every row the caller needs is proved). The first
-    iteration always runs; a later one only while `time_left()` (seconds) exceeds about three
+    `done(best)` ends the search early (every row the caller needs is proved). OutOfTime is
+    raised when `time_left()` runs out before the first iteration is done (a later sweep cut
+    short leaves the best bound so far); a later iteration starts only while it exceeds about three
     forward sweeps (a backward pass and the next sweep), so that the search ends before the limit
     rather than one iteration after it.
     """
-    alphas, crown = _start(network, box, settings)
+    alphas, crown = _start(network, box, settings, time_left)
     fixed = None if alphas.parameters() else crown
     fixed_errors: Errors = {}  # the rounding bounds of the fixed intervals, found in the first sweep
     reference = crown  # best intervals so far; updated only while the intermediate bounds move
@@ -67,7 +68,12 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
         with torch.enable_grad():
             if fixed is None:
                 errors = {}
-                bounds = crown_bounds(network, box, alphas, reference, errors=errors)
+                try:
+                    bounds = crown_bounds(network, box, alphas, reference, errors=errors, time_left=time_left)
+                except OutOfTime:
+                    if best is None:
+                        raise
+                    break  # the best bound so far stands
             else:
                 bounds, errors = fixed, fixed_errors
             final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", errors=errors)
@@ -128,14 +134,15 @@ def _clear_gradients(parameters: list[Tensor]) -> None:
         p.grad = None
 
 
-def _start(network: Network, box: Interval, settings: AlphaSettings) -> tuple[AlphaStore, list[Interval | None]]:
+def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: Callable[[], float] | None = None
+           ) -> tuple[AlphaStore, list[Interval | None]]:
     """CROWN's intermediate bounds, and the store with the intermediate sweeps' parameters when
     they are to be optimised and fit `settings.intermediate_memory_mb` (else an empty store)."""
     alphas = AlphaStore()
     with torch.no_grad():
         if not settings.intermediate:
-            return alphas, crown_bounds(network, box)
-        crown = crown_bounds(network, box, alphas)  # makes the parameters at their CROWN values
+            return alphas, crown_bounds(network, box, time_left=time_left)
+        crown = crown_bounds(network, box, alphas, time_left=time_left)  # the parameters at their CROWN values
     size = sum(p.numel() * p.element_size() for p in alphas.parameters())
     if size * MEMORY_PER_PARAMETER_BYTE > settings.intermediate_memory_mb * 2**20:
         return AlphaStore(), crown
