@@ -247,3 +247,29 @@ def test_filtered_branching_splits_the_candidate_whose_children_bound_best(monke
         for side, inside in enumerate([pre <= 0, pre >= 0]):
             if bool(inside.any()):
                 assert bool((real[side, candidate, 0] <= outputs[inside].min(0).values + 1e-9).all())
+
+
+def test_children_start_from_their_parents_alphas(monkeypatch):
+    """Each child's final-sweep alpha starts at its own parent's optimised values (warm start),
+    not at CROWN's; the betas likewise."""
+    network = relu_network(2, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) - 0.01, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    case = search._Search(network, spec, 0, crown.intervals, BranchSettings(iterations=3))
+    parents = case.bound_children(None)
+    parents = search._Domains.join([parents, case.bound_children(parents)])  # several different parents
+    assert len(parents) >= 2 and parents.alphas
+    starts = []
+    real = search.AlphaStore.starting_from
+
+    def record(params):
+        starts.append({k: [p.clone() for p in group] for k, group in params.items()})
+        return real(params)
+
+    monkeypatch.setattr(search.AlphaStore, "starting_from", staticmethod(record))
+    case.bound_children(parents)
+    for key, group in parents.alphas.items():
+        for parent, start in zip(group, starts[0][key]):
+            assert torch.equal(start, torch.cat([parent, parent]))
+    differs = any(not torch.equal(group[0][0], group[0][1]) for group in parents.alphas.values())
+    assert differs  # the parents' values are their own, so a mix-up would be seen

@@ -53,6 +53,7 @@ class _Domains:
     upper: dict[int, Tensor]
     signs: dict[int, Tensor]    # split node -> [D, *shape]: +1 assumed <= 0, -1 assumed >= 0, 0 free
     betas: dict[int, Tensor]    # split node -> [D, m, *shape], the split terms' multipliers (warm start)
+    alphas: dict[tuple, list[Tensor]]  # the final sweep's relaxation parameters, [D, ...] (warm start)
     refuted: np.ndarray         # [D, m] rows already proved on the domain (or an ancestor)
     worst: Tensor               # [D] lowest (bound - offset) of the rows not yet proved
     choice: Tensor              # [D, 2] (split node, flat neuron) to split next
@@ -64,6 +65,7 @@ class _Domains:
         pick = index.cpu().numpy()
         return _Domains({k: v[index] for k, v in self.lower.items()}, {k: v[index] for k, v in self.upper.items()},
                         {k: v[index] for k, v in self.signs.items()}, {k: v[index] for k, v in self.betas.items()},
+                        {k: [p[index] for p in group] for k, group in self.alphas.items()},
                         self.refuted[pick], self.worst[index], self.choice[index])
 
     @staticmethod
@@ -73,6 +75,8 @@ class _Domains:
                         {k: torch.cat([p.upper[k] for p in parts]) for k in first.upper},
                         {k: torch.cat([p.signs[k] for p in parts]) for k in first.signs},
                         {k: torch.cat([p.betas[k] for p in parts]) for k in first.betas},
+                        {k: [torch.cat([p.alphas[k][i] for p in parts]) for i in range(len(group))]
+                         for k, group in first.alphas.items()},
                         np.concatenate([p.refuted for p in parts]), torch.cat([p.worst for p in parts]),
                         torch.cat([p.choice for p in parts]))
 
@@ -168,7 +172,8 @@ class _Search(_Case):
         self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
         self.splittable = any(bool(((self.root[z].lower < 0) & (self.root[z].upper > 0)).any()) for z in self.splits)
-        self.max_domains = self._domain_cap(sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + rows))
+        # per neuron: its bounds and sign, and per row its beta and (about) its alpha
+        self.max_domains = self._domain_cap(sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + 2 * rows))
 
     def bound_children(self, parents: _Domains | None) -> _Domains:
         """Split each parent at its chosen neuron and bound the children (None: the root itself);
@@ -179,12 +184,14 @@ class _Search(_Case):
             upper = {z: self.root[z].upper for z in self.splits}
             signs = {z: torch.zeros_like(lower[z]) for z in self.splits}
             betas = {z: lower[z].new_zeros(1, self.coeffs.shape[1], *lower[z].shape[1:]) for z in self.splits}
+            alphas = {}
             refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
         else:
             lower, upper, signs = _split(parents)
             betas = {z: torch.cat([b, b]) for z, b in parents.betas.items()}
+            alphas = {k: [torch.cat([p, p]) for p in group] for k, group in parents.alphas.items()}
             refuted = np.concatenate([parents.refuted, parents.refuted])
-        children = self._bound(lower, upper, signs, betas, refuted)
+        children = self._bound(lower, upper, signs, betas, alphas, refuted)
         self.domain_seconds = (time.perf_counter() - started) / (1 if parents is None else 2 * len(parents))
         return children
 
@@ -193,11 +200,12 @@ class _Search(_Case):
         (None: no time for it)."""
         if time_left() <= 15 * len(domains) * self.domain_seconds:
             return None
-        return self._bound(domains.lower, domains.upper, domains.signs, domains.betas, domains.refuted,
-                           10 * self.settings.iterations)
+        return self._bound(domains.lower, domains.upper, domains.signs, domains.betas, domains.alphas,
+                           domains.refuted, 10 * self.settings.iterations)
 
     def _bound(self, lower: dict[int, Tensor], upper: dict[int, Tensor], signs: dict[int, Tensor],
-               betas: dict[int, Tensor], refuted: np.ndarray, iterations: int | None = None) -> _Domains:
+               betas: dict[int, Tensor], alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,
+               iterations: int | None = None) -> _Domains:
         network, count = self.network, next(iter(lower.values())).shape[0]
         box = Interval(self.box.lower.expand(count, *self.box.lower.shape[1:]),
                        self.box.upper.expand(count, *self.box.upper.shape[1:]))
@@ -214,28 +222,30 @@ class _Search(_Case):
         for z in self.splits:
             empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
-        best, seen, betas, alphas = self._optimize(bounds, errors, coeffs, signs, betas, refuted,
-                                                   iterations or self.settings.iterations)
+        best, seen, betas, store = self._optimize(bounds, errors, coeffs, signs, betas, alphas, refuted,
+                                                  iterations or self.settings.iterations)
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         keep = torch.from_numpy(~(proved | empty.cpu().numpy())).to(network.device).nonzero().flatten()
         domains = _Domains({z: bounds[z].lower.detach() for z in self.splits},
-                           {z: bounds[z].upper.detach() for z in self.splits}, signs, betas, refuted, gap,
+                           {z: bounds[z].upper.detach() for z in self.splits}, signs, betas,
+                           {k: [p.detach() for p in group] for k, group in store.params.items()}, refuted, gap,
                            torch.zeros(count, 2, dtype=torch.long, device=network.device)).take(keep)
         if len(domains) == 0:
             return domains
         part = [None if b is None else Interval(b.lower[keep].detach(), b.upper[keep].detach()) for b in bounds]
         scores = self._scores(part, {y: s[keep] for y, s in seen.items()}, open_rows[keep])
-        domains.choice = self._filter(part, scores, domains, alphas.take(keep), open_rows[keep])
+        domains.choice = self._filter(part, scores, domains, store.take(keep), open_rows[keep])
         return domains
 
     def _optimize(self, bounds: list[Interval | None], errors: Errors, coeffs: Tensor, signs: dict[int, Tensor],
-                  start: dict[int, Tensor], refuted: np.ndarray, iterations: int
-                  ) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor], AlphaStore]:
-        """The final sweep with its alpha and the split constraints' beta (from `start`)
-        optimised by Adam; the best bound of each row, the coefficients [N, m, *shape] that
-        reached each split rule's output in the last sweep, the betas and the alphas reached."""
+                  start: dict[int, Tensor], start_alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,
+                  iterations: int) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor], AlphaStore]:
+        """The final sweep with its alpha (from `start_alphas`, the parents': CROWN's where empty) and
+        the split constraints' beta (from `start`) optimised by Adam; the best bound of each row,
+        the coefficients [N, m, *shape] that reached each split rule's output in the last sweep,
+        the betas and the alphas reached."""
         network, settings = self.network, self.settings
-        alphas = AlphaStore()
+        alphas = AlphaStore.starting_from(start_alphas)
         split = [z for z in self.splits if bool(signs[z].any())]
         betas = {z: start[z].clone().requires_grad_(True) for z in split}
         outputs = {y: z for z, y in self.splits.items()}
@@ -421,7 +431,7 @@ class _BoxSearch(_Case):
         pick = score.argmax(1)
         node = torch.where(width.amax(1) > 0, 0, -1)
         choice = torch.stack([node, torch.where(node < 0, -1, pick)], 1)
-        domains = _Domains({0: lower}, {0: upper}, {}, {}, refuted, gap, choice)
+        domains = _Domains({0: lower}, {0: upper}, {}, {}, {}, refuted, gap, choice)
         return domains.take(torch.from_numpy(~proved).to(network.device).nonzero().flatten())
 
 

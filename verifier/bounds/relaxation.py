@@ -105,6 +105,13 @@ class AlphaStore:
     def parameters(self) -> list[Tensor]:
         return [p for group in self.params.values() for p in group]
 
+    @staticmethod
+    def starting_from(params: dict[tuple, list[Tensor]]) -> AlphaStore:
+        """A store whose parameters start at copies of `params` (a warm start)."""
+        store = AlphaStore()
+        store.params = {key: [p.detach().clone().requires_grad_(True) for p in group] for key, group in params.items()}
+        return store
+
     def take(self, index: Tensor) -> AlphaStore:
         """A detached store of the parameters of batch elements `index` only."""
         return self._mapped(lambda p: p.detach()[index])
