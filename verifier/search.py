@@ -14,6 +14,7 @@ parent, so the box is proved when every leaf is. The neuron to split is chosen b
 score (Bunel et al. 2020): how much the looseness of its rule's relaxation (`Rule.split_score`,
 for ReLU its upper line's intercept) costs the rows not yet proved; with `candidates` above 1, the
 best-scored few are compared by a cheap bound of their children first (filtered smart branching).
+Children start their optimisation from their parent's alpha and beta (warm starts).
 """
 
 from __future__ import annotations
