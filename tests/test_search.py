@@ -222,8 +222,8 @@ def test_filtered_branching_splits_the_candidate_whose_children_bound_best(monke
         seen_scores.append(real_scores(self, *args))
         return seen_scores[-1]
 
-    def children(self, bounds, domains, alphas, choice):
-        estimates.append((real_children(self, bounds, domains, alphas, choice), bounds, choice))
+    def children(self, bounds, domains, choice):
+        estimates.append((real_children(self, bounds, domains, choice), bounds, choice))
         fake = torch.full((2, choice.shape[1], choice.shape[0], self.coeffs.shape[1]), -10.0, dtype=torch.float64)
         fake[:, favoured] = 5.0
         return fake

@@ -37,7 +37,7 @@ def linear_backward_scaled(self, coeffs, x=None):
 
 
 def conv_ibp_signed(self, x):
-    return Interval.from_center(self.forward(x.center), self._conv(x.radius, self.weight, None))
+    return Interval.from_center(self.forward(x.center), self.apply(x.radius, self.weight, None))
 
 
 def conv_backward_without_bias(self, coeffs, x=None):

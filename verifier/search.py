@@ -233,9 +233,8 @@ class _Search(_Case):
                            torch.zeros(count, 2, dtype=torch.long, device=network.device)).take(keep)
         if len(domains) == 0:
             return domains
-        part = [None if b is None else Interval(b.lower[keep].detach(), b.upper[keep].detach()) for b in bounds]
-        scores = self._scores(part, {y: s[keep] for y, s in seen.items()}, open_rows[keep])
-        domains.choice = self._filter(part, scores, domains, store.take(keep), open_rows[keep])
+        scores = self._scores(domains, {y: s[keep] for y, s in seen.items()}, open_rows[keep])
+        domains.choice = self._filter(bounds, keep, scores, domains, open_rows[keep])
         return domains
 
     def _optimize(self, bounds: list[Interval | None], errors: Errors, coeffs: Tensor, signs: dict[int, Tensor],
@@ -289,15 +288,15 @@ class _Search(_Case):
         kept = {z: betas[z].detach() if z in betas else start[z] for z in self.splits}
         return best, seen, kept, alphas
 
-    def _scores(self, bounds: list[Interval | None], seen: dict[int, Tensor], open_rows: Tensor) -> _Scores:
-        """The BaBSR-like score of every neuron of every split node, [N, total]; where no unstable
-        neuron costs the open rows anything, the looseness of its relaxation instead; -inf where
-        the neuron is stable."""
+    def _scores(self, domains: _Domains, seen: dict[int, Tensor], open_rows: Tensor) -> _Scores:
+        """The BaBSR-like score of every neuron of every split node of `domains`, [N, total]; where
+        no unstable neuron costs the open rows anything, the looseness of its relaxation instead;
+        -inf where the neuron is stable."""
         count = open_rows.shape[0]
         scores, loosenesses, owners, neurons = [], [], [], []
         for z, y in self.splits.items():
-            lower = bounds[z].lower.reshape(count, -1)
-            upper = bounds[z].upper.reshape(count, -1)
+            lower = domains.lower[z].reshape(count, -1)
+            upper = domains.upper[z].reshape(count, -1)
             unstable = (lower < 0) & (upper > 0)
             loose = torch.where(unstable, self.network.rule(y).split_score(lower, upper), -torch.inf)
             if y in seen:
@@ -314,9 +313,10 @@ class _Search(_Case):
         useful = score.amax(1, keepdim=True) > 0
         return _Scores(torch.where(useful, score, loose), torch.cat(owners), torch.cat(neurons))
 
-    def _filter(self, bounds: list[Interval | None], scores: _Scores, domains: _Domains, alphas: AlphaStore,
+    def _filter(self, bounds: list[Interval | None], keep: Tensor, scores: _Scores, domains: _Domains,
                 open_rows: Tensor) -> Tensor:
-        """[N, 2] (split node, flat neuron) to split next per domain; (-1, -1) where none is unstable.
+        """[N, 2] (split node, flat neuron) to split next per domain (`domains`, the batch elements
+        `keep` of the intervals `bounds`); (-1, -1) where none is unstable.
 
         Filtered smart branching (De Palma et al. 2021): the `candidates` best-scored neurons each
         get both children bounded by one sweep with the parent's alpha and beta (its intervals
@@ -329,7 +329,8 @@ class _Search(_Case):
         choice = torch.stack([scores.owners[pick], scores.neurons[pick]], 2)  # [N, k, 2]
         valid = torch.isfinite(value)
         if k > 1 and count > 0 and bool(valid[:, 1].any()):
-            children = self._children_bounds(bounds, domains, alphas, choice)  # [2, k, N, m]
+            part = [None if b is None else Interval(b.lower[keep].detach(), b.upper[keep].detach()) for b in bounds]
+            children = self._children_bounds(part, domains, choice)  # [2, k, N, m]
             gaps = torch.where(open_rows, children - self.offset, torch.inf).amin(-1)  # [2, k, N]
             # both children's open gaps added up: on oval21 it took fewer domains than the worse child's
             both = torch.where(valid.T, gaps.clamp(max=0).sum(0), -torch.inf)  # [k, N]
@@ -340,8 +341,7 @@ class _Search(_Case):
         chosen = choice[rows, best]
         return torch.where(valid[rows, best].unsqueeze(1), chosen, torch.full_like(chosen, -1))
 
-    def _children_bounds(self, bounds: list[Interval | None], domains: _Domains, alphas: AlphaStore,
-                         choice: Tensor) -> Tensor:
+    def _children_bounds(self, bounds: list[Interval | None], domains: _Domains, choice: Tensor) -> Tensor:
         """Lower bounds [2, k, N, m] of the final rows on both children (<= 0, then >= 0) of each
         of the k candidates `choice` [N, k, 2] of each domain."""
         count, k = choice.shape[:2]
@@ -364,7 +364,7 @@ class _Search(_Case):
             wide[z] = Interval(lower.reshape(wide[z].lower.shape), upper.reshape(wide[z].upper.shape))
             signs[z] = sign.reshape(signs[z].shape)
         betas = {z: repeat(b) for z, b in domains.betas.items()}
-        store = alphas.repeated(copies)
+        store = AlphaStore.holding({k: [repeat(p) for p in group] for k, group in domains.alphas.items()})
 
         def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
             if index in betas:

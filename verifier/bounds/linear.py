@@ -23,39 +23,53 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def absolute_weight(rule: Rule) -> Tensor:
-    """|rule.weight|, computed once per weight tensor (after `.to()` the new one gets its own):
-    every interval pass needs it, and the largest layers hold tens of millions of weights."""
-    cached = rule.__dict__.get("_absolute_weight")
-    if cached is None or cached[0] is not rule.weight:
-        cached = (rule.weight, rule.weight.abs())
-        rule.__dict__["_absolute_weight"] = cached
-    return cached[1]
-
-
-def remember_magnitude(rule: Rule, x: Interval, magnitude: Tensor) -> None:
-    """Keep the sum of absolute terms of the last interval pass: the rounding bound of the same
-    operands (Rule.magnitude, asked right after) is that very tensor."""
-    rule.__dict__["_magnitude"] = (x, magnitude)
-
-
-def remembered_magnitude(rule: Rule, x: Interval) -> Tensor | None:
-    cached = rule.__dict__.get("_magnitude")
-    return cached[1] if cached is not None and cached[0] is x else None
-
-
-class Linear(Rule):
-    """`y = x @ weight.T + bias` on the last axis; weight [out, in]."""
+class WeightedSum(Rule):
+    """A constant weighted sum of the input plus an optional bias (Linear, Conv, ConvTranspose),
+    given by `apply(x, weight, bias)`. IBP is `W c + b +- |W| r`; its sums of absolute terms
+    `|W| (|c| + r) + |b|` are also the magnitude of the rounding bound (asked right after IBP, so
+    they are kept from it), and |W| is computed once per weight tensor: the largest layers hold
+    tens of millions of weights."""
 
     sums_products = True
+
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.apply(x, self.weight, self.bias)
+
+    def _absolute_weight(self) -> Tensor:
+        cached = self.__dict__.get("_absolute")
+        if cached is None or cached[0] is not self.weight:  # after `.to()` the new weight gets its own
+            cached = (self.weight, self.weight.abs())
+            self.__dict__["_absolute"] = cached
+        return cached[1]
+
+    def _sums(self, x: Interval) -> Tensor:
+        return self.apply(x.center.abs() + x.radius, self._absolute_weight(),
+                          None if self.bias is None else self.bias.abs())
+
+    def magnitude(self, x: Interval) -> Tensor:
+        kept = self.__dict__.get("_sums_of")
+        return kept[1] if kept is not None and kept[0] is x else self._sums(x)
+
+    def ibp(self, x: Interval) -> Interval:
+        magnitude = self._sums(x)
+        self.__dict__["_sums_of"] = (x, magnitude)
+        return Interval.from_center(self.forward(x.center), self.apply(x.radius, self._absolute_weight(), None),
+                                    magnitude, self.rounding_terms)
+
+
+class Linear(WeightedSum):
+    """`y = x @ weight.T + bias` on the last axis; weight [out, in]."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
 
     @property
     def rounding_terms(self) -> int:
@@ -65,18 +79,6 @@ class Linear(Rule):
         # the inputs that may be non-zero, and the bias: [B, ..., 1], the same for every output
         return (~exactly_zero(x)).sum(-1, keepdim=True) + 1
 
-    def magnitude(self, x: Interval) -> Tensor:
-        remembered = remembered_magnitude(self, x)
-        return remembered if remembered is not None else F.linear(x.center.abs() + x.radius, absolute_weight(self),
-                                                         None if self.bias is None else self.bias.abs())
-
-    def ibp(self, x: Interval) -> Interval:
-        size = absolute_weight(self)
-        magnitude = F.linear(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
-        remember_magnitude(self, x, magnitude)
-        return Interval.from_center(self.forward(x.center), F.linear(x.radius, size), magnitude,
-                                    self.weight.shape[1] + 1)
-
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         bias = 0.0
         if self.bias is not None:
@@ -84,10 +86,8 @@ class Linear(Rule):
         return Backward([coeffs @ self.weight], bias)
 
 
-class Conv(Rule):
+class Conv(WeightedSum):
     """N-d convolution on the trailing (channels, *spatial) axes of the per-sample shape."""
-
-    sums_products = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -111,13 +111,10 @@ class Conv(Rule):
             for i in range(self.dims)
         )
 
-    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         images = x.reshape(-1, *self.in_shape[-self.dims - 1:])
         out = _CONV[self.dims](images, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return out.reshape(x.shape[0], *self.out_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv(x, self.weight, self.bias)
 
     @property
     def rounding_terms(self) -> int:
@@ -132,18 +129,6 @@ class Conv(Rule):
         counts = _CONV[self.dims](maps, window, None, self.stride, self.padding, self.dilation)
         counts = counts.reshape(x.lower.shape[0], *self.out_shape[:-self.dims - 1], 1, *self.out_shape[-self.dims:])
         return counts.clamp(max=self.weight[0].numel()) + 1
-
-    def magnitude(self, x: Interval) -> Tensor:
-        remembered = remembered_magnitude(self, x)
-        return remembered if remembered is not None else self._conv(x.center.abs() + x.radius, absolute_weight(self),
-                                                           None if self.bias is None else self.bias.abs())
-
-    def ibp(self, x: Interval) -> Interval:
-        size = absolute_weight(self)
-        magnitude = self._conv(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
-        remember_magnitude(self, x, magnitude)
-        return Interval.from_center(self.forward(x.center), self._conv(x.radius, size, None), magnitude,
-                                    self.weight[0].numel() + 1)
 
     @property
     def accepts_patches(self) -> bool:
@@ -183,10 +168,8 @@ class Conv(Rule):
         return Backward([back.reshape(*lead, *self.in_shape)], bias)
 
 
-class ConvTranspose(Rule):
+class ConvTranspose(WeightedSum):
     """N-d transposed convolution; its adjoint is the plain convolution with the same weight."""
-
-    sums_products = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -199,30 +182,15 @@ class ConvTranspose(Rule):
         self.output_padding, self.groups = module.output_padding, module.groups
         self.in_shape, self.out_shape = in_shape, out_shape
 
-    def _conv_t(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         images = x.reshape(-1, *self.in_shape[-self.dims - 1:])
         out = _CONV_T[self.dims](images, weight, bias, self.stride, self.padding, self.output_padding,
                                  self.groups, self.dilation)
         return out.reshape(x.shape[0], *self.out_shape)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_t(x, self.weight, self.bias)
-
     @property
     def rounding_terms(self) -> int:
         return self.weight.shape[0] * self.weight[0, 0].numel() + 1
-
-    def magnitude(self, x: Interval) -> Tensor:
-        remembered = remembered_magnitude(self, x)
-        return remembered if remembered is not None else self._conv_t(x.center.abs() + x.radius, absolute_weight(self),
-                                                             None if self.bias is None else self.bias.abs())
-
-    def ibp(self, x: Interval) -> Interval:
-        size = absolute_weight(self)
-        magnitude = self._conv_t(x.center.abs() + x.radius, size, None if self.bias is None else self.bias.abs())
-        remember_magnitude(self, x, magnitude)
-        return Interval.from_center(self.forward(x.center), self._conv_t(x.radius, size, None), magnitude,
-                                    self.weight.shape[0] * self.weight[0, 0].numel() + 1)
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         lead = coeffs.shape[:2]

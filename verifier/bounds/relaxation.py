@@ -106,25 +106,17 @@ class AlphaStore:
         return [p for group in self.params.values() for p in group]
 
     @staticmethod
+    def holding(params: dict[tuple, list[Tensor]]) -> AlphaStore:
+        """A store whose sweeps read `params` as they are (slot key -> tensors)."""
+        store = AlphaStore()
+        store.params = params
+        return store
+
+    @staticmethod
     def starting_from(params: dict[tuple, list[Tensor]]) -> AlphaStore:
-        """A store whose parameters start at copies of `params` (a warm start)."""
-        store = AlphaStore()
-        store.params = {key: [p.detach().clone().requires_grad_(True) for p in group] for key, group in params.items()}
-        return store
-
-    def take(self, index: Tensor) -> AlphaStore:
-        """A detached store of the parameters of batch elements `index` only."""
-        return self._mapped(lambda p: p.detach()[index])
-
-    def repeated(self, copies: int) -> AlphaStore:
-        """A detached store whose batch is this one's `copies` times over ([copies * B, ...])."""
-        return self._mapped(lambda p: p.detach().repeat(copies, *([1] * (p.dim() - 1))))
-
-    def _mapped(self, change) -> AlphaStore:
-        store = AlphaStore()
-        store.params = {key: [change(p) for p in group] for key, group in self.params.items()}
-        store.positions = dict(self.positions)
-        return store
+        """A store whose parameters start at copies of `params` (a warm start), to be optimised."""
+        return AlphaStore.holding({key: [p.detach().clone().requires_grad_(True) for p in group]
+                                   for key, group in params.items()})
 
     def project(self) -> None:
         """Move every parameter back into its valid range (after an optimiser step)."""
