@@ -16,8 +16,9 @@ from tests.conftest import (
     shared_or_skip,
     skipped_if_empty,
 )
+from tests.test_search import relu_network
 from tests.test_soundness_random import network_for
-from verifier.bounds import activation
+from verifier.bounds import activation, optimize
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.optimize import Adam, optimize_bounds
@@ -203,3 +204,14 @@ def test_only_rules_with_free_parameters_declare_alpha():
     assert Rule.has_alpha is False
     assert activation.ReLU().has_alpha and activation.Sigmoid().has_alpha
     assert not activation.Sign().has_alpha and not Reduce((0,), True, 1.0, (2,)).has_alpha
+
+
+def test_intermediate_parameters_are_dropped_when_their_iterations_would_not_fit_the_time_left():
+    """The stage's own CROWN pass sizes its iterations: with (almost) no time left only the final
+    sweep is optimised; with no limit the intermediate sweeps' parameters are kept."""
+    network = relu_network(0, width=16)
+    box = Interval(torch.full((1, 1, 2), -1.0, dtype=torch.float64), torch.full((1, 1, 2), 1.0, dtype=torch.float64))
+    unlimited, _ = optimize._start(network, box, AlphaSettings())
+    assert unlimited.parameters()
+    hurried, _ = optimize._start(network, box, AlphaSettings(), time_left=lambda: 1e-9)
+    assert not hurried.parameters()

@@ -273,3 +273,60 @@ def test_children_start_from_their_parents_alphas(monkeypatch):
             assert torch.equal(start, torch.cat([parent, parent]))
     differs = any(not torch.equal(group[0][0], group[0][1]) for group in parents.alphas.values())
     assert differs  # the parents' values are their own, so a mix-up would be seen
+
+
+def violation_probe(network, threshold: float, probed: list):
+    """A probe that confirms a point whose output is <= threshold (as onnxruntime would)."""
+    def probe(points):
+        probed.append(points)
+        values = network(points.reshape(-1, 1, points.shape[-1])).flatten()
+        hit = (values <= threshold).nonzero().flatten()
+        return points[hit[0]] if hit.numel() else None
+    return probe
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_input_splitting_stops_at_a_bound_minimiser_that_violates(seed):
+    """Just above the least output, the corners where the sub-boxes' bounds are lowest close in on
+    the violation: the search ends with it, a point of the box that violates."""
+    network = relu_network(seed, width=12)
+    threshold = smallest_output(network, -0.5, 0.5, 2) + 0.02
+    spec = spec_below(threshold, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    probed: list = []
+    stop = time.monotonic() + 10
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                              lambda: stop - time.monotonic(), "input", violation_probe(network, threshold, probed))
+    assert result.reason == "counterexample" and not result.proved, result
+    point = result.counterexample
+    assert bool(((point >= -0.5) & (point <= 0.5)).all())
+    assert float(network(point.reshape(1, 1, 2))) <= threshold
+
+
+def test_relu_splitting_probes_the_corner_where_each_open_row_is_lowest():
+    """ReLU sub-domains keep the whole box, so their bound minimisers are corners of it; a
+    violation at a corner is found at the root, and every probed point is a corner."""
+    network = relu_network(2, inputs=4, width=12)
+    corners = torch.cartesian_prod(*[torch.tensor([-0.5, 0.5], dtype=torch.float64)] * 4).reshape(-1, 1, 4)
+    threshold = float(network(corners).min()) + 1e-3
+    spec = spec_below(threshold, -0.5, 0.5, 4)
+    crown = prove(network, spec, "crown")
+    assert not crown.all_proved
+    probed: list = []
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                              lambda: 10.0, "relu", violation_probe(network, threshold, probed))
+    assert result.reason == "counterexample", result
+    assert all(bool((p.abs() == 0.5).all()) for p in probed)
+
+
+def test_a_probe_that_confirms_nothing_changes_no_verdict():
+    network = relu_network(0, width=12)
+    smallest = smallest_output(network, -0.5, 0.5, 2)
+    crown_lower = float(prove(network, spec_below(smallest, -0.5, 0.5, 2), "crown").lower[0, 0])
+    spec = spec_below(smallest - 0.3 * (smallest - crown_lower), -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    probed: list = []
+    stop = time.monotonic() + 20
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                              lambda: stop - time.monotonic(), "relu", lambda p: probed.append(p))
+    assert result.proved and result.counterexample is None and probed

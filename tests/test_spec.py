@@ -54,3 +54,14 @@ def test_margins_of_outputs():
     assert margins.shape == (1, 2, 2)
     np.testing.assert_allclose(margins[0, 0].numpy(), [max(1 - 3, 1 - 2), 7 - 1])
     assert margins[0, 1, 0] == 1 - 2 and margins[0, 1, 1] == float("inf")
+
+
+def test_case_margins_match_the_batched_margins():
+    text = ("(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)"
+            "(assert (or (and (>= X_0 0) (<= X_0 1) (<= Y_0 Y_1) (<= Y_0 0.5))"
+            "(and (>= X_0 2) (<= X_0 3) (>= Y_1 1))(and (>= X_0 2) (<= X_0 3) (>= Y_0 2))))")
+    spec = Spec.build(parse_text(text), (1,), torch.float64)
+    outputs = torch.randn(7, spec.cases, 2, dtype=torch.float64)
+    batched = spec.margins(outputs).amin(2)
+    for case in range(spec.cases):
+        assert torch.equal(spec.case_margins(case, outputs[:, case]), batched[:, case])

@@ -140,6 +140,15 @@ class Falsifier:
             own = final.gather(2, target.view(-1, 1, 1).expand(-1, final.shape[1], 1)).squeeze(2)
         return self._confirm_best(x.detach(), own)
 
+    def try_points(self, case: int, points: Tensor) -> Counterexample | None:
+        """Candidates [N, *input_shape] for case `case` (moved into its box), such as the minimisers
+        of branch and bound's linear bounds; the most violating few go to onnxruntime."""
+        with torch.no_grad():
+            inside = torch.max(torch.min(points.to(self.lower.dtype), self.upper[case]), self.lower[case])
+            outputs = self.network(inside.reshape(-1, *self.network.input_shape))
+            margins = self.spec.case_margins(case, outputs.reshape(inside.shape[0], -1))
+        return self._confirm_best(inside.unsqueeze(1), margins.unsqueeze(1))
+
     def _confirm_best(self, points: Tensor, margins: Tensor) -> Counterexample | None:
         """Send the most violating candidates ([N, B] margins of points [N, B, *shape]) to onnxruntime."""
         flat = margins.reshape(-1)

@@ -15,6 +15,10 @@ score (Bunel et al. 2020): how much the looseness of its rule's relaxation (`Rul
 for ReLU its upper line's intercept) costs the rows not yet proved; with `candidates` above 1, the
 best-scored few are compared by a cheap bound of their children first (filtered smart branching).
 Children start their optimisation from their parent's alpha and beta (warm starts).
+
+Every step also tries the points where the linear bounds of its domains' open rows are lowest
+(a corner of the box per row) as counterexamples: `probe` checks them on the model and on
+onnxruntime, and a confirmed one ends the search.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from verifier.bounds.patches import Patches, densify
 from verifier.bounds.relaxation import AlphaStore
 from verifier.settings import BranchSettings
 from verifier.spec import Spec
+from verifier.witness import Counterexample
+
+Probe = Callable[[Tensor], Counterexample | None]  # candidate points [N, *input_shape] -> a confirmed one
 
 
 @dataclass
@@ -43,7 +50,8 @@ class SearchResult:
     domains_bounded: int
     open_domains: int
     seconds: float
-    reason: str  # why it stopped: proved | time | no split left | too many domains
+    reason: str  # why it stopped: proved | counterexample | time | no split left | too many domains
+    counterexample: Counterexample | None = None
 
 
 @dataclass
@@ -93,18 +101,25 @@ def split_nodes(network: Network) -> dict[int, int]:
 
 
 def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
-                     settings: BranchSettings, time_left: Callable[[], float], on: str = "relu") -> SearchResult:
+                     settings: BranchSettings, time_left: Callable[[], float], on: str = "relu",
+                     probe: Probe | None = None) -> SearchResult:
     """Prove case `case` of the spec by splitting ReLUs (`on="relu"`) or the input box (`"input"`),
     starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
-    `time_left()` (seconds) would run out."""
+    `time_left()` (seconds) would run out, or when `probe` confirms a counterexample."""
     start = time.perf_counter()
-    search = _Search(network, spec, case, root, settings) if on == "relu" else _BoxSearch(network, spec, case, settings)
+    if on == "relu":
+        search: _Search | _BoxSearch = _Search(network, spec, case, root, settings, probe)
+    else:
+        search = _BoxSearch(network, spec, case, settings, probe)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
     open_domains = search.bound_children(None)
     bounded = 1
     reason = "time"
     while True:
+        if search.found is not None:
+            reason = "counterexample"
+            break
         if len(open_domains) == 0:
             reason = "proved"
             break
@@ -115,6 +130,8 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
         if bool(stuck.any()):
             # nothing left to split: only the split terms' multipliers can still close these
             retried = search.retry(open_domains.take(stuck.nonzero().flatten()), time_left)
+            if search.found is not None:
+                continue
             if retried is None or len(retried) > 0:
                 reason = "no split left" if retried is not None else "time"
                 break
@@ -128,14 +145,17 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
         bounded += 2 * count
         open_domains = _Domains.join([open_domains.take(order[count:]), children])
     remaining = 0 if reason == "proved" else len(open_domains)
-    return SearchResult(reason == "proved", bounded, remaining, time.perf_counter() - start, reason)
+    return SearchResult(reason == "proved", bounded, remaining, time.perf_counter() - start, reason, search.found)
 
 
 class _Case:
     """The fixed parts of one search: the case's box, rows and offsets, and the step timing."""
 
-    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings) -> None:
+    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings,
+                 probe: Probe | None = None) -> None:
         self.network, self.spec, self.case, self.settings = network, spec, case, settings
+        self.probe = probe
+        self.found: Counterexample | None = None
         self.box = Interval(spec.box.lower[case:case + 1], spec.box.upper[case:case + 1])
         rows = spec.matrix.shape[1]
         self.coeffs = spec.matrix[case:case + 1].reshape(1, rows, *network.output_shape)
@@ -162,13 +182,28 @@ class _Case:
         gap = torch.where(open_rows, best.lower - self.offset, torch.inf).amin(1)
         return refuted, proved, open_rows, gap
 
+    def _try_minimisers(self, input_coeffs: Tensor | None, open_rows: Tensor, lower: Tensor, upper: Tensor) -> None:
+        """Probe, per domain and open row, the corner of its box [N, *input_shape] where the row's
+        linear bound (input coefficients [N, m, *input_shape]; None where no sweep reached the
+        input) is lowest."""
+        if self.probe is None or self.found is not None or input_coeffs is None:
+            return
+        domain, row = open_rows.nonzero(as_tuple=True)
+        if domain.numel() == 0:
+            return
+        weight = input_coeffs[domain, row]
+        low, high = lower.expand_as(input_coeffs[:, 0])[domain], upper.expand_as(input_coeffs[:, 0])[domain]
+        # where the row does not depend on an input, its middle
+        points = torch.where(weight > 0, low, torch.where(weight < 0, high, (low + high) / 2))
+        self.found = self.probe(points)
+
 
 class _Search(_Case):
     """ReLU splitting: the root intervals, and the nodes split."""
 
     def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
-                 settings: BranchSettings) -> None:
-        super().__init__(network, spec, case, settings)
+                 settings: BranchSettings, probe: Probe | None = None) -> None:
+        super().__init__(network, spec, case, settings, probe)
         rows = self.coeffs.shape[1]
         self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
@@ -226,6 +261,7 @@ class _Search(_Case):
         best, seen, betas, store = self._optimize(bounds, errors, coeffs, signs, betas, alphas, refuted,
                                                   iterations or self.settings.iterations)
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
+        self._try_minimisers(seen.pop(0, None), open_rows, box.lower, box.upper)
         keep = torch.from_numpy(~(proved | empty.cpu().numpy())).to(network.device).nonzero().flatten()
         domains = _Domains({z: bounds[z].lower.detach() for z in self.splits},
                            {z: bounds[z].upper.detach() for z in self.splits}, signs, betas,
@@ -242,8 +278,8 @@ class _Search(_Case):
                   iterations: int) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor], AlphaStore]:
         """The final sweep with its alpha (from `start_alphas`, the parents': CROWN's where empty) and
         the split constraints' beta (from `start`) optimised by Adam; the best bound of each row,
-        the coefficients [N, m, *shape] that reached each split rule's output in the last sweep,
-        the betas and the alphas reached."""
+        the coefficients [N, m, *shape] that reached each split rule's output (and, at 0, the
+        input) in the last sweep, the betas and the alphas reached."""
         network, settings = self.network, self.settings
         alphas = AlphaStore.starting_from(start_alphas)
         split = [z for z in self.splits if bool(signs[z].any())]
@@ -252,7 +288,7 @@ class _Search(_Case):
         seen: dict[int, Tensor] = {}
 
         def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
-            if index in outputs:
+            if index in outputs or index == 0:
                 seen[index] = densify(node_coeffs).detach()
             if index in betas:
                 node_coeffs = densify(node_coeffs) + betas[index] * signs[index].unsqueeze(1)
@@ -390,8 +426,9 @@ class _BoxSearch(_Case):
     """Input splitting, for models with few inputs: a domain is a sub-box, bounded by CROWN and
     halved along the input whose coefficient in the open rows times its width is largest."""
 
-    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings) -> None:
-        super().__init__(network, spec, case, settings)
+    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings,
+                 probe: Probe | None = None) -> None:
+        super().__init__(network, spec, case, settings, probe)
         self.splittable = True
         self.max_domains = self._domain_cap(2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1])
 
@@ -426,6 +463,7 @@ class _BoxSearch(_Case):
             best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),
                              interval_concretize(coeffs, bounds[network.output]))
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
+        self._try_minimisers(seen.get(0), open_rows, lower, upper)
         width = (upper - lower).reshape(count, -1)
         weight = (seen[0].reshape(count, coeffs.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
         score = torch.where((weight * width).amax(1, keepdim=True) > 0, weight * width, width)

@@ -128,6 +128,17 @@ class Spec:
         missing = torch.arange(most, device=outputs.device).unsqueeze(0) >= counts.unsqueeze(1)
         return result.masked_fill(missing.unsqueeze(0), torch.inf)
 
+    def case_margins(self, case: int, outputs: Tensor) -> Tensor:
+        """[N] the most violated disjunct's margin of case `case` (<= 0 violates) for outputs [N, n_out]."""
+        values = outputs @ self.matrix[case].to(outputs.dtype).T - self.offset[case].to(outputs)  # [N, m]
+        count = self.disjunct_counts[case]
+        if count == 0:  # nothing to violate
+            return outputs.new_full((outputs.shape[0],), torch.inf)
+        owner = torch.from_numpy(self.row_disjunct[case]).to(outputs.device)
+        index = torch.where(owner >= 0, owner, count).expand_as(values)
+        result = outputs.new_full((outputs.shape[0], count + 1), -torch.inf)
+        return result.scatter_reduce(1, index, values, reduce="amax", include_self=True)[:, :count].amin(1)
+
 
 def _refuted(lower: Tensor, magnitude: Tensor, offset: np.ndarray, owner: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     lower = lower.detach().double().cpu().numpy()

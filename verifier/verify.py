@@ -89,9 +89,10 @@ def verify_instance(model_path: str, property_path: str, settings: Settings, dea
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 
-    if branching and proof.intervals is not None and not deadline.expired() \
-            and _branch(network, spec, proof, settings, deadline, timings):
-        return Outcome("unsat", decided_by="branch and bound", timings=timings)
+    if branching and proof.intervals is not None and not deadline.expired():
+        outcome = _branch(network, spec, proof, settings, falsifier, deadline, timings)
+        if outcome is not None:
+            return outcome
 
     return _attack_only(falsifier, deadline, timings)
 
@@ -104,21 +105,25 @@ def _attack_only(falsifier: Falsifier, deadline: Deadline, timings: dict[str, fl
     return Outcome("timeout" if deadline.at is not None else "unknown", timings=timings)
 
 
-def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, deadline: Deadline,
-            timings: dict[str, float]) -> bool:
-    """Branch and bound on every case the bound pass left open, easiest (highest bound) first."""
+def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, falsifier: Falsifier,
+            deadline: Deadline, timings: dict[str, float]) -> Outcome | None:
+    """Branch and bound on every case the bound pass left open, easiest (highest bound) first:
+    unsat when every case is proved, sat when a domain's bound minimiser is a counterexample."""
     open_cases = np.flatnonzero(~proof.proved)
     easiest_first = open_cases[np.argsort(-np.nan_to_num(proof.lower[open_cases].max(1), nan=-np.inf))]
     start = deadline.elapsed()
     try:
         for case in easiest_first:
+            probe = lambda points, case=int(case): falsifier.try_points(case, points)  # noqa: E731
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
-                                      settings.branch.split)
+                                      settings.branch.split, probe)
             log.info("branch and bound, box %d: %s after %d domain(s), %d open, %.2fs", case, result.reason,
                      result.domains_bounded, result.open_domains, result.seconds)
+            if result.counterexample is not None:
+                return Outcome("sat", result.counterexample, decided_by="branch and bound", timings=timings)
             if not result.proved:
-                return False
-        return True
+                return None
+        return Outcome("unsat", decided_by="branch and bound", timings=timings)
     finally:
         timings["branch and bound"] = deadline.elapsed() - start
 
