@@ -118,20 +118,20 @@ class Tally:
 
 def check_networks(count: int, seed: int = 0, seconds: float = 2.0, margin: float = 1e-3) -> Tally:
     """For `count` random networks (2-3 inputs, 2-3 layers of 6-10), every branching choice
-    (ReLU splits by score, by filtered branching, input splits): the property 'output <= m +
+    (ReLU splits by score, by filtered branching, without leaf LPs; input splits): the property 'output <= m +
     margin' (violated at the exact minimiser) must never be proved; 'output <= m - margin' is
     counted when proved."""
     rng = np.random.default_rng(seed)
     tally = Tally()
-    choices = (("relu", 1), ("relu", 3), ("input", 1))
+    choices = (("relu", 1, True), ("relu", 3, True), ("input", 1, True), ("relu", 1, False))
     for n in range(count):
         inputs, width, depth = int(rng.integers(2, 4)), int(rng.integers(6, 11)), int(rng.integers(2, 4))
         layers = random_layers(rng, inputs, width, depth)
         network = network_of(layers)
         minimum, point = exact_minimum(layers, -1.0, 1.0)
         at_point = float(network(torch.from_numpy(point).reshape(1, 1, inputs)))
-        on, candidates = choices[n % len(choices)]
-        settings = BranchSettings(batch=16, iterations=5, candidates=candidates)
+        on, candidates, leaf_lp = choices[n % len(choices)]
+        settings = BranchSettings(batch=16, iterations=5, candidates=candidates, leaf_lp=leaf_lp)
         for threshold, violated in ((at_point + margin, True), (minimum - margin, False)):
             spec = spec_below(threshold, -1.0, 1.0, inputs)
             crown = prove(network, spec, "crown")
@@ -146,8 +146,8 @@ def check_networks(count: int, seed: int = 0, seconds: float = 2.0, margin: floa
             result = branch_and_bound(network, spec, 0, crown.intervals, settings, time_left, on,
                                       _probe(network, threshold))
             if result.proved and violated:
-                tally.wrong.append(f"network {n} ({on}, k={candidates}): proved output <= {threshold} "
-                                   f"(minimum {minimum})")
+                tally.wrong.append(f"network {n} ({on}, k={candidates}, leaf LP {leaf_lp}): proved output <= "
+                                   f"{threshold} (minimum {minimum})")
             tally.proved += result.proved and not violated
             tally.found += result.counterexample is not None
     return tally

@@ -16,6 +16,9 @@ for ReLU its upper line's intercept) costs the rows not yet proved; with `candid
 best-scored few are compared by a cheap bound of their children first (filtered smart branching).
 Children start their optimisation from their parent's alpha and beta (warm starts).
 
+A domain with nothing left to split is linear: each open row's LP over it (`leaf_lp.py`, HiGHS)
+gives the betas of its bound, and its minimiser is a counterexample candidate.
+
 Every step also tries the points where the linear bounds of its domains' open rows are lowest
 (a corner of the box per row) as counterexamples: `probe` checks them on the model and on
 onnxruntime, and a confirmed one ends the search.
@@ -37,6 +40,7 @@ from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
 from verifier.bounds.relaxation import AlphaStore
+from verifier.leaf_lp import solve_leaves
 from verifier.settings import BranchSettings
 from verifier.spec import Spec
 from verifier.witness import Counterexample
@@ -232,28 +236,19 @@ class _Search(_Case):
         return children
 
     def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains | None:
-        """Bound `domains` again, unsplit, with ten times the optimisation steps; those left open
-        (None: no time for it)."""
+        """Bound `domains` again, unsplit, with ten times the optimisation steps, their betas first
+        from the LP of each open row (`leaf_lp`); those left open (None: no time for it)."""
         if time_left() <= 15 * len(domains) * self.domain_seconds:
             return None
-        return self._bound(domains.lower, domains.upper, domains.signs, domains.betas, domains.alphas,
+        betas = self._leaf_betas(domains) if self.settings.leaf_lp else domains.betas
+        return self._bound(domains.lower, domains.upper, domains.signs, betas, domains.alphas,
                            domains.refuted, 10 * self.settings.iterations)
 
     def _bound(self, lower: dict[int, Tensor], upper: dict[int, Tensor], signs: dict[int, Tensor],
                betas: dict[int, Tensor], alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,
                iterations: int | None = None) -> _Domains:
         network, count = self.network, next(iter(lower.values())).shape[0]
-        box = Interval(self.box.lower.expand(count, *self.box.lower.shape[1:]),
-                       self.box.upper.expand(count, *self.box.upper.shape[1:]))
-        reference = [None if r is None else Interval(r.lower.expand(count, *r.lower.shape[1:]),
-                                                     r.upper.expand(count, *r.upper.shape[1:])) for r in self.root]
-        for z in self.splits:
-            reference[z] = Interval(lower[z], upper[z])
-        errors: Errors = {}  # the rounding bounds of these intervals, for every sweep below
-        with torch.no_grad():
-            # intervals by interval arithmetic through the split ones: refining them by CROWN
-            # in every sub-domain cost 2-4x the domains per second for no fewer domains to a proof
-            bounds = crown_bounds(network, box, reference=reference, refine=False, errors=errors)
+        box, bounds, errors = self._intervals(lower, upper, count)
         empty = torch.zeros(count, dtype=torch.bool, device=network.device)
         for z in self.splits:
             empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
@@ -272,6 +267,86 @@ class _Search(_Case):
         scores = self._scores(domains, {y: s[keep] for y, s in seen.items()}, open_rows[keep])
         domains.choice = self._filter(bounds, keep, scores, domains, open_rows[keep])
         return domains
+
+    def _intervals(self, lower: dict[int, Tensor], upper: dict[int, Tensor], count: int
+                   ) -> tuple[Interval, list[Interval | None], Errors]:
+        """The box, every node's interval on `count` domains with split nodes' bounds `lower` and
+        `upper`, and the rounding bounds of those intervals (for every sweep over them)."""
+        box = Interval(self.box.lower.expand(count, *self.box.lower.shape[1:]),
+                       self.box.upper.expand(count, *self.box.upper.shape[1:]))
+        reference = [None if r is None else Interval(r.lower.expand(count, *r.lower.shape[1:]),
+                                                     r.upper.expand(count, *r.upper.shape[1:])) for r in self.root]
+        for z in self.splits:
+            reference[z] = Interval(lower[z], upper[z])
+        errors: Errors = {}
+        with torch.no_grad():
+            # intervals by interval arithmetic through the split ones: refining them by CROWN
+            # in every sub-domain cost 2-4x the domains per second for no fewer domains to a proof
+            bounds = crown_bounds(self.network, box, reference=reference, refine=False, errors=errors)
+        return box, bounds, errors
+
+    def _leaf_betas(self, domains: _Domains) -> dict[int, Tensor]:
+        """Betas of domains with nothing left to split from each open row's LP (leaf_lp.py), where
+        it is solved (the domains' own betas elsewhere); LP minimisers that violate are probed."""
+        network, count, rows = self.network, len(domains), self.coeffs.shape[1]
+        box, bounds, _ = self._intervals(domains.lower, domains.upper, count)
+        inputs = box.lower[0].numel()
+        seen: dict[int, Tensor] = {}
+
+        def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
+            if index == 0:
+                seen[0] = densify(node_coeffs)
+            return node_coeffs
+
+        def linear_form(start: int, coeffs: Tensor, alphas: AlphaStore | None) -> tuple[Tensor, Tensor]:
+            """[D, r, inputs] and [D, r]: the sweep's lower line of <coeffs, z_start> as A x + c."""
+            seen.clear()
+            bound = backward_bound(network, start, coeffs, bounds, alphas, "final", visit)
+            if 0 not in seen:  # the rows do not depend on the input
+                seen[0] = coeffs.new_zeros(count, coeffs.shape[1], *box.lower.shape[1:])
+            return (seen[0].reshape(count, coeffs.shape[1], inputs),
+                    bound.lower - interval_concretize(seen[0], box).lower)
+
+        with torch.no_grad():
+            row_weights, row_constant = linear_form(network.output, self.coeffs.expand(count, *self.coeffs.shape[1:]),
+                                                    AlphaStore.holding(domains.alphas))
+            parts = []  # per split node with split neurons: (node, their flat positions, A, c, signs)
+            for z in self.splits:
+                sign = domains.signs[z].reshape(count, -1)
+                positions = (sign != 0).any(0).nonzero().flatten()
+                if positions.numel() == 0:
+                    continue
+                eye = sign.new_zeros(count, positions.numel(), sign.shape[1])
+                eye[:, torch.arange(positions.numel()), positions] = 1.0
+                # every rule linear on a leaf: CROWN's own lines are exact without parameters
+                weights, constant = linear_form(z, eye.reshape(count, positions.numel(), *domains.signs[z].shape[1:]),
+                                                None)
+                parts.append((z, positions, weights, constant, sign[:, positions]))
+        if not parts:
+            return domains.betas
+        as_numpy = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+        signs = torch.cat([p[4] for p in parts], 1)
+        constraints = torch.cat([p[4].unsqueeze(-1) * p[2] for p in parts], 1)
+        bias = torch.cat([p[4] * p[3] for p in parts], 1)
+        wanted = ~domains.refuted & self.real_rows
+        solution = solve_leaves(as_numpy(row_weights), as_numpy(row_constant), as_numpy(constraints), as_numpy(bias),
+                                as_numpy(signs) != 0, as_numpy(box.lower.reshape(count, -1)),
+                                as_numpy(box.upper.reshape(count, -1)), wanted)
+        solved = torch.from_numpy(~np.isnan(solution.minima)).to(network.device)  # [D, m]
+        multipliers = torch.from_numpy(solution.multipliers).to(network.dtype).to(network.device)
+        betas, begin = dict(domains.betas), 0
+        for z, positions, *_ in parts:
+            flat = betas[z].reshape(count, rows, -1).clone()
+            part = multipliers[:, :, begin:begin + positions.numel()]
+            flat[:, :, positions] = torch.where(solved.unsqueeze(-1), part, flat[:, :, positions])
+            betas[z] = flat.reshape(betas[z].shape)
+            begin += positions.numel()
+        with np.errstate(invalid="ignore"):
+            violating = solution.minima <= self.offset.cpu().numpy()  # [D, m]
+        if self.probe is not None and violating.any():
+            points = torch.from_numpy(solution.points[violating]).to(network.dtype).to(network.device)
+            self.found = self.probe(points.reshape(-1, *box.lower.shape[1:]))
+        return betas
 
     def _optimize(self, bounds: list[Interval | None], errors: Errors, coeffs: Tensor, signs: dict[int, Tensor],
                   start: dict[int, Tensor], start_alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,

@@ -75,6 +75,7 @@ class BranchSettings:
     decay: float = setting(0.98, "learning-rate factor per Adam step", above=0, maximum=1)
     candidates: int = setting(1, "ReLU splits: the best-scored neurons whose children one cheap sweep bounds "
                               "before the split (filtered smart branching; 1: the score alone)", minimum=1)
+    leaf_lp: bool = setting(True, "domains with nothing left to split get each open row's betas from an LP (HiGHS)")
     memory_mb: float = setting(2048.0, "memory (MiB) the open domains may take before the search gives up",
                                above=0)
 
