@@ -42,7 +42,7 @@ def test_an_infinite_timeout_means_no_limit_with_the_watchdog_path():
 @pytest.mark.parametrize("assignment, allowed", [
     ("alpha.iterations=abc", "an integer >= 0"), ("alpha.iterations=-3", "an integer >= 0"),
     ("branch.batch=0", "an integer >= 1"), ("alpha.intermediate=maybe", "true or false"),
-    ("branch.split=beta", "one of relu, input, none"), ("attack.time_share=2", "a number >= 0 and <= 1")])
+    ("branch.split=beta", "one of auto, relu, input, none"), ("attack.time_share=2", "a number >= 0 and <= 1")])
 def test_bad_settings_are_user_errors_before_any_work(capsys, monkeypatch, assignment, allowed):
     import verifier.verify
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO
@@ -25,6 +26,9 @@ from verifier.settings import (
     override,
     read_families,
 )
+from verifier.spec import Spec
+from verifier.verify import INPUT_SPLIT_DIMENSIONS, split_kind
+from verifier.vnnlib import parse_text
 
 
 def test_every_family_in_the_shipped_file_loads_with_valid_values():
@@ -96,7 +100,7 @@ def test_an_old_flat_key_gets_a_hint():
     ("mnistfc:\n  alpha:\n    iterations: 2.5\n", "alpha.iterations: must be an integer >= 0"),
     ("mnistfc:\n  alpha:\n    intermediate: maybe\n", "alpha.intermediate: must be true or false"),
     ("mnistfc:\n  alpha:\n    intermediate: 1\n", "alpha.intermediate: must be true or false"),
-    ("mnistfc:\n  branch:\n    split: sideways\n", "branch.split: must be one of relu, input, none"),
+    ("mnistfc:\n  branch:\n    split: sideways\n", "branch.split: must be one of auto, relu, input, none"),
     ("mnistfc:\n  bound_method: lp\n", "bound_method: must be one of ibp, crown, alpha-crown"),
     ("mnistfc:\n  attack: 3\n", "unknown setting 'attack'"),
     ("mnistfc:\n  alpha:\n    decay: .nan\n", "alpha.decay: must be a number > 0 and <= 1"),
@@ -117,7 +121,7 @@ def test_a_user_settings_file_replaces_the_shipped_one(tmp_path):
     path.write_text("default:\n  alpha:\n    iterations: 7\nmnistfc:\n  branch:\n    batch: 5\n")
     assert family_settings("mnistfc", path).alpha.iterations == 7
     assert family_settings("mnistfc", path).branch.batch == 5
-    assert family_settings("acasxu", path).branch.split == "relu"  # the shipped acasxu entry is not used
+    assert family_settings("acasxu", path).branch.split == "auto"  # the shipped acasxu entry is not used
     assert known_families(path) == ["mnistfc"]
 
 
@@ -167,3 +171,14 @@ def test_the_settings_command_lists_every_key(capsys):
     assert any(line.split()[:2] == ["branch.split", "input"] for line in out)
     assert cli.main(["settings", "--json", "--set", "alpha.patience=2"]) == 0
     assert json.loads(capsys.readouterr().out)["alpha"]["patience"] == 2
+
+
+def test_automatic_splitting_halves_the_input_box_where_few_inputs_vary():
+    def spec_varying(count: int, total: int = 20) -> Spec:
+        text = "".join(f"(declare-const X_{i} Real)" for i in range(total)) + "(declare-const Y_0 Real)"
+        text += "".join(f"(assert (>= X_{i} 0))(assert (<= X_{i} {1 if i < count else 0}))" for i in range(total))
+        return Spec.build(parse_text(text + "(assert (<= Y_0 0))"), (1, total), torch.float32)
+
+    assert split_kind(spec_varying(INPUT_SPLIT_DIMENSIONS), "auto") == "input"
+    assert split_kind(spec_varying(INPUT_SPLIT_DIMENSIONS + 1), "auto") == "relu"
+    assert split_kind(spec_varying(1), "relu") == "relu"

@@ -26,7 +26,7 @@ FAMILIES_FILE = Path(__file__).resolve().parent / "families.yaml"
 # The methods of verifier.prove, named here so that the batch runner reads settings without torch.
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 # What branch and bound splits after the bound pass: unstable ReLUs, the input box, or nothing.
-SPLITS = ("relu", "input", "none")
+SPLITS = ("auto", "relu", "input", "none")
 
 
 def setting(default: Any, meaning: str, *, minimum: float | None = None, above: float | None = None,
@@ -67,7 +67,8 @@ class AlphaSettings:
 class BranchSettings:
     """Branch and bound after the bound pass."""
 
-    split: str = setting("relu", "what to split: unstable ReLUs (relu), the input box (input), or nothing (none)",
+    split: str = setting("auto", "what to split: unstable ReLUs (relu), the input box (input), nothing (none), "
+                         "or by the property (auto: the input box where it varies at most 8 inputs)",
                          choices=SPLITS)
     batch: int = setting(64, "domains split per step (their children are bounded together)", minimum=1)
     iterations: int = setting(10, "Adam steps on the final sweep's alpha and beta per step", minimum=0)

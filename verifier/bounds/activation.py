@@ -22,6 +22,7 @@ _BISECTION_STEPS = 24
 
 class ReLU(Elementwise):
     splits_at_zero = True
+    tighter_input_helps = False
     exact = True
 
     def forward(self, x: Tensor) -> Tensor:

@@ -77,6 +77,10 @@ class Rule(nn.Module):
     # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
     # bound splits their input there, which makes the rule exact on both sides.
     splits_at_zero = False
+    # False where a tighter input interval can loosen the relaxation (ReLU's adaptive lower line
+    # turns with u >= -l): CROWN's refined bounds of its inputs then replace IBP's instead of
+    # intersecting them, as in the published algorithm, which they must never be looser than.
+    tighter_input_helps = True
     # True when `backward` takes an `alpha` slot (free relaxation parameters, alpha-CROWN).
     has_alpha = False
     # How onnxruntime's result may differ from the exact operator (see `execution_error`): not at
