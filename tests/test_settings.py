@@ -36,7 +36,7 @@ def test_every_family_in_the_shipped_file_loads_with_valid_values():
         settings = family_settings(family)
         assert settings.bound_method in BOUND_METHODS and settings.branch.split in SPLITS
     assert family_settings("acasxu").branch.split == "input"
-    assert family_settings("nn4sys").branch.split == "none"
+    assert family_settings("nn4sys").attack.restarts == 0
     assert family_settings("no-such-family") == family_settings(None) == Settings()
 
 
