@@ -32,9 +32,9 @@ def test_branch_and_bound_never_proves_what_the_exact_minimum_violates():
 def test_the_exact_check_catches_split_sides_swapped(monkeypatch):
     original = search._split
 
-    def swapped(parents):
-        lower, upper, signs = original(parents)
-        return lower, upper, {z: -s for z, s in signs.items()}
+    def swapped(parents, cut_points):
+        lower, upper, signs, cuts = original(parents, cut_points)
+        return lower, upper, {z: -s for z, s in signs.items()}, cuts
 
     monkeypatch.setattr(search, "_split", swapped)
     assert exact.check_networks(9, seed=1, seconds=1.0).wrong

@@ -28,13 +28,13 @@ from verifier.spec import Spec
 from verifier.vnnlib import parse_file, parse_text
 
 
-def relu_network(seed: int, inputs: int = 2, width: int = 12, layers: int = 3):
-    """A random float64 ReLU MLP with one output."""
+def relu_network(seed: int, inputs: int = 2, width: int = 12, layers: int = 3, activation: str = "Relu"):
+    """A random float64 MLP with one output (ReLU, or another activation)."""
     g = GraphWriter(np.random.default_rng(seed))
     x = g.dense("x", inputs, width)
     for _ in range(layers - 1):
-        x = g.dense(g.op("Relu", [x]), width, width)
-    out = g.dense(g.op("Relu", [x]), width, 1)
+        x = g.dense(g.op(activation, [x]), width, width)
+    out = g.dense(g.op(activation, [x]), width, 1)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "mlp.onnx"
         onnx.save(g.model([1, inputs], out, [1, 1]), path)
@@ -169,9 +169,9 @@ def test_the_check_catches_split_terms_of_the_wrong_sign(monkeypatch):
     violated property gets 'proved': the test above can fail."""
     original = search._split
 
-    def flipped(parents):
-        lower, upper, signs = original(parents)
-        return lower, upper, {z: -s for z, s in signs.items()}
+    def flipped(parents, cut_points):
+        lower, upper, signs, cuts = original(parents, cut_points)
+        return lower, upper, {z: -s for z, s in signs.items()}, cuts
 
     monkeypatch.setattr(search, "_split", flipped)
     assert _wrong_proofs("relu") > 0
@@ -205,7 +205,7 @@ def test_the_split_score_is_the_relu_upper_line_intercept():
 
     lower, upper = torch.tensor([-1.0, -3.0, -0.5]), torch.tensor([1.0, 1.0, 4.0])
     relaxation = ReLU().relax(lower, upper)
-    assert torch.allclose(ReLU().split_score(lower, upper), relaxation.upper_intercept)
+    assert torch.allclose(ReLU().split_score(lower, upper)[0], relaxation.upper_intercept)
 
 
 @pytest.mark.parametrize("favoured", [0, 1, 2])
@@ -330,3 +330,89 @@ def test_a_probe_that_confirms_nothing_changes_no_verdict():
     result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
                               lambda: stop - time.monotonic(), "relu", lambda p: probed.append(p))
     assert result.proved and result.counterexample is None and probed
+
+
+def sigmoid_search(seed: int, fraction: float, seconds: float):
+    """Branch and bound (neuron splits) on a random sigmoid or tanh network whose property is
+    'output <= t', t `fraction` of the way from the least output found down to CROWN's bound
+    (fraction < 0: violated just above that output); None where alpha-CROWN proves it alone."""
+    network = relu_network(seed, width=10, activation=("Sigmoid", "Tanh")[seed % 2])
+    smallest = smallest_output(network, -2.0, 2.0, 2)
+    crown_lower = float(prove(network, spec_below(smallest, -2.0, 2.0, 2), "crown").lower[0, 0])
+    threshold = smallest - fraction * (smallest - crown_lower) if fraction >= 0 else smallest + 1e-3
+    spec = spec_below(threshold, -2.0, 2.0, 2)
+    alpha = prove(network, spec, "alpha-crown")
+    if alpha.all_proved:
+        return None
+    stop = time.monotonic() + seconds
+    return branch_and_bound(network, spec, 0, alpha.intervals, BranchSettings(batch=16, iterations=5),
+                            lambda: stop - time.monotonic(), "relu")
+
+
+def sigmoid_leaves(seed: int, steps: int = 5):
+    """A sigmoid or tanh network, grid points of its box with every node's values, and the
+    domains after `steps` rounds of splitting every open one (a property nothing proves)."""
+    network = relu_network(seed, width=10, activation=("Sigmoid", "Tanh")[seed % 2])
+    spec = spec_below(1e6, -2.0, 2.0, 2)
+    crown = prove(network, spec, "crown")
+    searcher = search._Search(network, spec, 0, crown.intervals, BranchSettings(iterations=3))
+    domains = searcher.bound_children(None)
+    for _ in range(steps):
+        domains = searcher.bound_children(domains)
+    points = grid(-2.0, 2.0, 2, 121)
+    return searcher, domains, network.forward_all(points.reshape(-1, 1, 2))
+
+
+def in_domains(searcher, domains, values) -> torch.Tensor:
+    """[D, points] whether each point's split neurons lie in each domain's intervals."""
+    inside = torch.ones(len(domains), values[0].shape[0], dtype=torch.bool)
+    for z in searcher.splits:
+        value = values[z].reshape(1, values[z].shape[0], -1)
+        low, high = domains.lower[z].reshape(len(domains), 1, -1), domains.upper[z].reshape(len(domains), 1, -1)
+        split = domains.signs[z].reshape(len(domains), 1, -1) != 0
+        inside &= (~split | ((value >= low - 1e-12) & (value <= high + 1e-12))).all(-1)
+    return inside
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sigmoid_splits_cover_the_box_and_every_domain_bound_holds_on_its_points(seed):
+    """After rounds of splitting sigmoid and tanh inputs inside their intervals, the domains
+    still cover every grid point of the box, and each domain's bound is below the output at every
+    grid point in it (split constraints, their constants and inherited bounds included)."""
+    searcher, domains, values = sigmoid_leaves(seed)
+    assert len(domains) == 32 and any(bool(s.any()) for s in domains.signs.values())
+    inside = in_domains(searcher, domains, values)
+    assert bool(inside.any(0).all())
+    outputs = values[searcher.network.output].reshape(1, -1)
+    assert bool((torch.where(inside, outputs, torch.inf) >= domains.bound.lower - 1e-9).all())
+
+
+def test_the_check_catches_sigmoid_children_that_miss_part_of_their_parent(monkeypatch):
+    """With each below child's upper bound pulled halfway down to its lower one, the domains no
+    longer cover the box."""
+    original = search._split
+
+    def narrowed(parents, cut_points):
+        lower, upper, signs, cuts = original(parents, cut_points)
+        count = len(parents)
+        for z in upper:
+            upper[z][:count] = torch.where(signs[z][:count] > 0, (lower[z][:count] + upper[z][:count]) / 2,
+                                           upper[z][:count])
+        return lower, upper, signs, cuts
+
+    monkeypatch.setattr(search, "_split", narrowed)
+    searcher, domains, values = sigmoid_leaves(0)
+    assert not bool(in_domains(searcher, domains, values).any(0).all())
+
+
+def test_the_check_catches_split_constants_of_the_wrong_sign(monkeypatch):
+    original = search._with_cuts
+    monkeypatch.setattr(search, "_with_cuts", lambda bound, betas, signs, cuts: original(
+        bound, betas, signs, {z: -c for z, c in cuts.items()}))
+    failed = 0
+    for seed in range(4):
+        searcher, domains, values = sigmoid_leaves(seed)
+        inside = in_domains(searcher, domains, values)
+        outputs = values[searcher.network.output].reshape(1, -1)
+        failed += not bool((torch.where(inside, outputs, torch.inf) >= domains.bound.lower - 1e-9).all())
+    assert failed > 0

@@ -1,20 +1,24 @@
 """Branch and bound: split the input box into sub-domains until every one is proved.
 
-Two ways to split. ReLU splitting (most models) splits unstable neurons of rules linear on each
-side of 0; input splitting (models with a handful of inputs) halves boxes along one input, and
-each half is bounded by CROWN afresh (its intervals tighten as the box shrinks).
+Two ways to split. Neuron splitting (most models) splits the inputs of `splittable` rules: an
+unstable ReLU at 0, where it becomes exact on both sides; a sigmoid or tanh input inside its
+interval (`Rule.split_point`), where each side's lines are tighter. Input splitting (models with
+a handful of inputs) halves boxes along one input, and each half is bounded by CROWN afresh (its
+intervals tighten as the box shrinks).
 
-In ReLU splitting a sub-domain is the input box with some neurons' pre-activations assumed >= 0 or <= 0. Its bound
-is sound because every piece is: the intervals of its split neurons are clamped at 0 (true on the
-sub-domain), later intervals follow from them by interval arithmetic (intersected with the
-root's), and the split constraints
-`s z <= 0` enter the final sweep as Lagrangian terms `beta s z` with beta >= 0 (beta-CROWN, Wang et
-al. 2021), which are <= 0 wherever the constraints hold. The two children of a split cover their
-parent, so the box is proved when every leaf is. The neuron to split is chosen by a BaBSR-like
-score (Bunel et al. 2020): how much the looseness of its rule's relaxation (`Rule.split_score`,
-for ReLU its upper line's intercept) costs the rows not yet proved; with `candidates` above 1, the
-best-scored few are compared by a cheap bound of their children first (filtered smart branching).
-Children start their optimisation from their parent's alpha and beta (warm starts).
+In neuron splitting a sub-domain is the input box with some neurons' inputs assumed <= or >= their
+cut point. Its bound is sound because every piece is: the intervals of its split neurons are
+clamped at the cut (true on the sub-domain), later intervals follow from them by interval
+arithmetic (intersected with the root's), the split constraints `s (z - cut) <= 0` enter the final
+sweep as Lagrangian terms `beta s (z - cut)` with beta >= 0 (beta-CROWN, Wang et al. 2021), which
+are <= 0 wherever the constraints hold, and a child's rows are at least its parent's bound. The
+two children of a split cover their parent, so the box is proved when every leaf is. The neuron
+to split is chosen by a BaBSR-like score (Bunel et al. 2020): what the looseness of its rule's
+lines (`Rule.split_score`; for ReLU its upper line's intercept) costs the rows not yet proved;
+with `candidates` above 1, the best-scored few are compared by a cheap bound of their children
+first (filtered smart branching). Children start their optimisation from their parent's alpha
+and beta (warm starts), except for rules whose parameters depend on the interval
+(`Rule.warm_start`: sigmoid and tanh).
 
 A domain with nothing left to split is linear: each open row's LP over it (`leaf_lp.py`, HiGHS)
 gives the betas of its bound, and its minimiser is a counterexample candidate.
@@ -64,10 +68,12 @@ class _Domains:
 
     lower: dict[int, Tensor]    # split node -> [D, *shape], its bounds on the domain
     upper: dict[int, Tensor]
-    signs: dict[int, Tensor]    # split node -> [D, *shape]: +1 assumed <= 0, -1 assumed >= 0, 0 free
+    signs: dict[int, Tensor]    # split node -> [D, *shape]: +1 assumed <= cut, -1 assumed >= cut, 0 free
+    cuts: dict[int, Tensor]     # split node -> [D, *shape]: where each split neuron was cut (0 for ReLU)
     betas: dict[int, Tensor]    # split node -> [D, m, *shape], the split terms' multipliers (warm start)
     alphas: dict[tuple, list[Tensor]]  # the final sweep's relaxation parameters, [D, ...] (warm start)
     refuted: np.ndarray         # [D, m] rows already proved on the domain (or an ancestor)
+    bound: LinearBound          # [D, m] the best lower bound of each row on the domain or an ancestor
     worst: Tensor               # [D] lowest (bound - offset) of the rows not yet proved
     choice: Tensor              # [D, 2] (split node, flat neuron) to split next
 
@@ -77,9 +83,11 @@ class _Domains:
     def take(self, index: Tensor) -> _Domains:
         pick = index.cpu().numpy()
         return _Domains({k: v[index] for k, v in self.lower.items()}, {k: v[index] for k, v in self.upper.items()},
-                        {k: v[index] for k, v in self.signs.items()}, {k: v[index] for k, v in self.betas.items()},
+                        {k: v[index] for k, v in self.signs.items()}, {k: v[index] for k, v in self.cuts.items()},
+                        {k: v[index] for k, v in self.betas.items()},
                         {k: [p[index] for p in group] for k, group in self.alphas.items()},
-                        self.refuted[pick], self.worst[index], self.choice[index])
+                        self.refuted[pick], LinearBound(self.bound.lower[index], self.bound.magnitude[index]),
+                        self.worst[index], self.choice[index])
 
     @staticmethod
     def join(parts: list[_Domains]) -> _Domains:
@@ -87,19 +95,23 @@ class _Domains:
         return _Domains({k: torch.cat([p.lower[k] for p in parts]) for k in first.lower},
                         {k: torch.cat([p.upper[k] for p in parts]) for k in first.upper},
                         {k: torch.cat([p.signs[k] for p in parts]) for k in first.signs},
+                        {k: torch.cat([p.cuts[k] for p in parts]) for k in first.cuts},
                         {k: torch.cat([p.betas[k] for p in parts]) for k in first.betas},
                         {k: [torch.cat([p.alphas[k][i] for p in parts]) for i in range(len(group))]
                          for k, group in first.alphas.items()},
-                        np.concatenate([p.refuted for p in parts]), torch.cat([p.worst for p in parts]),
+                        np.concatenate([p.refuted for p in parts]),
+                        LinearBound(torch.cat([p.bound.lower for p in parts]),
+                                    torch.cat([p.bound.magnitude for p in parts])),
+                        torch.cat([p.worst for p in parts]),
                         torch.cat([p.choice for p in parts]))
 
 
 def split_nodes(network: Network) -> dict[int, int]:
-    """Nodes that branch and bound may split (inputs of `splits_at_zero` rules, not the network
+    """Nodes that branch and bound may split (inputs of `splittable` rules, not the network
     input) mapped to the rule's output node."""
     found = {}
     for index, node in enumerate(network.nodes[1:], start=1):
-        if network.rules[node.rule].splits_at_zero and node.inputs[0] != 0:
+        if network.rules[node.rule].splittable and node.inputs[0] != 0:
             found[node.inputs[0]] = index
     return found
 
@@ -211,9 +223,10 @@ class _Search(_Case):
         rows = self.coeffs.shape[1]
         self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
-        self.splittable = any(bool(((self.root[z].lower < 0) & (self.root[z].upper > 0)).any()) for z in self.splits)
-        # per neuron: its bounds and sign, and per row its beta and (about) its alpha
-        self.max_domains = self._domain_cap(sum(self.root[z].lower[0].numel() for z in self.splits) * (3 + 2 * rows))
+        self.splittable = any(bool(network.rule(y).can_split(self.root[z].lower, self.root[z].upper).any())
+                              for z, y in self.splits.items())
+        # per neuron: its bounds, sign and cut, and per row its beta and (about) its alpha
+        self.max_domains = self._domain_cap(sum(self.root[z].lower[0].numel() for z in self.splits) * (4 + 2 * rows))
 
     def bound_children(self, parents: _Domains | None) -> _Domains:
         """Split each parent at its chosen neuron and bound the children (None: the root itself);
@@ -223,15 +236,24 @@ class _Search(_Case):
             lower = {z: self.root[z].lower for z in self.splits}
             upper = {z: self.root[z].upper for z in self.splits}
             signs = {z: torch.zeros_like(lower[z]) for z in self.splits}
+            cuts = {z: torch.zeros_like(lower[z]) for z in self.splits}
             betas = {z: lower[z].new_zeros(1, self.coeffs.shape[1], *lower[z].shape[1:]) for z in self.splits}
             alphas = {}
             refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
+            inherited = None
         else:
-            lower, upper, signs = _split(parents)
-            betas = {z: torch.cat([b, b]) for z, b in parents.betas.items()}
-            alphas = {k: [torch.cat([p, p]) for p in group] for k, group in parents.alphas.items()}
+            lower, upper, signs, cuts = _split(parents, self._cut_points)
+            # children start from their parents' alphas and betas, except for rules whose best
+            # parameters depend on the intervals that a split changes (Rule.warm_start False:
+            # sigmoid slopes; warm children of a small sigmoid network bounded 2-10x looser)
+            warm = {z: self.network.rule(y).warm_start for z, y in self.splits.items()}
+            betas = {z: torch.cat([b, b]) if warm[z] else torch.zeros_like(torch.cat([b, b]))
+                     for z, b in parents.betas.items()}
+            alphas = {k: [torch.cat([p, p]) for p in group] for k, group in parents.alphas.items()
+                      if self.network.rule(k[1]).warm_start}
             refuted = np.concatenate([parents.refuted, parents.refuted])
-        children = self._bound(lower, upper, signs, betas, alphas, refuted)
+            inherited = _twice(parents.bound)
+        children = self._bound(lower, upper, signs, cuts, betas, alphas, refuted, inherited)
         self.domain_seconds = (time.perf_counter() - started) / (1 if parents is None else 2 * len(parents))
         return children
 
@@ -241,26 +263,34 @@ class _Search(_Case):
         if time_left() <= 15 * len(domains) * self.domain_seconds:
             return None
         betas = self._leaf_betas(domains) if self.settings.leaf_lp else domains.betas
-        return self._bound(domains.lower, domains.upper, domains.signs, betas, domains.alphas,
-                           domains.refuted, 10 * self.settings.iterations)
+        return self._bound(domains.lower, domains.upper, domains.signs, domains.cuts, betas, domains.alphas,
+                           domains.refuted, domains.bound, 10 * self.settings.iterations)
+
+    def _cut_points(self, z: int, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where split node `z`'s rule splits neurons with these bounds."""
+        return self.network.rule(self.splits[z]).split_point(lower, upper)
 
     def _bound(self, lower: dict[int, Tensor], upper: dict[int, Tensor], signs: dict[int, Tensor],
-               betas: dict[int, Tensor], alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,
-               iterations: int | None = None) -> _Domains:
+               cuts: dict[int, Tensor], betas: dict[int, Tensor], alphas: dict[tuple, list[Tensor]],
+               refuted: np.ndarray, inherited: LinearBound | None, iterations: int | None = None) -> _Domains:
+        """Bound `count` domains (their split nodes' intervals, signs and cuts, starting parameters,
+        rows refuted and the bounds they inherit from their parents, a sound floor); the open ones."""
         network, count = self.network, next(iter(lower.values())).shape[0]
         box, bounds, errors = self._intervals(lower, upper, count)
         empty = torch.zeros(count, dtype=torch.bool, device=network.device)
         for z in self.splits:
             empty |= (bounds[z].lower > bounds[z].upper).reshape(count, -1).any(1)
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
-        best, seen, betas, store = self._optimize(bounds, errors, coeffs, signs, betas, alphas, refuted,
+        best, seen, betas, store = self._optimize(bounds, errors, coeffs, signs, cuts, betas, alphas, refuted,
                                                   iterations or self.settings.iterations)
+        if inherited is not None:  # a sub-domain's rows are at least its parent's bound
+            best = keep_best(best, inherited)
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         self._try_minimisers(seen.pop(0, None), open_rows, box.lower, box.upper)
         keep = torch.from_numpy(~(proved | empty.cpu().numpy())).to(network.device).nonzero().flatten()
         domains = _Domains({z: bounds[z].lower.detach() for z in self.splits},
-                           {z: bounds[z].upper.detach() for z in self.splits}, signs, betas,
-                           {k: [p.detach() for p in group] for k, group in store.params.items()}, refuted, gap,
+                           {z: bounds[z].upper.detach() for z in self.splits}, signs, cuts, betas,
+                           {k: [p.detach() for p in group] for k, group in store.params.items()}, refuted, best, gap,
                            torch.zeros(count, 2, dtype=torch.long, device=network.device)).take(keep)
         if len(domains) == 0:
             return domains
@@ -310,7 +340,7 @@ class _Search(_Case):
         with torch.no_grad():
             row_weights, row_constant = linear_form(network.output, self.coeffs.expand(count, *self.coeffs.shape[1:]),
                                                     AlphaStore.holding(domains.alphas))
-            parts = []  # per split node with split neurons: (node, their flat positions, A, c, signs)
+            parts = []  # per split node with split neurons: (node, their flat positions, A, c - cut, signs)
             for z in self.splits:
                 sign = domains.signs[z].reshape(count, -1)
                 positions = (sign != 0).any(0).nonzero().flatten()
@@ -321,7 +351,8 @@ class _Search(_Case):
                 # every rule linear on a leaf: CROWN's own lines are exact without parameters
                 weights, constant = linear_form(z, eye.reshape(count, positions.numel(), *domains.signs[z].shape[1:]),
                                                 None)
-                parts.append((z, positions, weights, constant, sign[:, positions]))
+                cut = domains.cuts[z].reshape(count, -1)[:, positions]
+                parts.append((z, positions, weights, constant - cut, sign[:, positions]))
         if not parts:
             return domains.betas
         as_numpy = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
@@ -349,8 +380,9 @@ class _Search(_Case):
         return betas
 
     def _optimize(self, bounds: list[Interval | None], errors: Errors, coeffs: Tensor, signs: dict[int, Tensor],
-                  start: dict[int, Tensor], start_alphas: dict[tuple, list[Tensor]], refuted: np.ndarray,
-                  iterations: int) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor], AlphaStore]:
+                  cuts: dict[int, Tensor], start: dict[int, Tensor], start_alphas: dict[tuple, list[Tensor]],
+                  refuted: np.ndarray, iterations: int
+                  ) -> tuple[LinearBound, dict[int, Tensor], dict[int, Tensor], AlphaStore]:
         """The final sweep with its alpha (from `start_alphas`, the parents': CROWN's where empty) and
         the split constraints' beta (from `start`) optimised by Adam; the best bound of each row,
         the coefficients [N, m, *shape] that reached each split rule's output (and, at 0, the
@@ -373,7 +405,8 @@ class _Search(_Case):
         optimizer = None
         for step in range(iterations):
             with torch.enable_grad():
-                final = backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit, errors)
+                final = _with_cuts(backward_bound(network, network.output, coeffs, bounds, alphas, "final", visit,
+                                                  errors), betas, signs, cuts)
             best = keep_best(best, final)
             if step == iterations - 1:
                 break
@@ -408,12 +441,15 @@ class _Search(_Case):
         for z, y in self.splits.items():
             lower = domains.lower[z].reshape(count, -1)
             upper = domains.upper[z].reshape(count, -1)
-            unstable = (lower < 0) & (upper > 0)
-            loose = torch.where(unstable, self.network.rule(y).split_score(lower, upper), -torch.inf)
+            rule = self.network.rule(y)
+            unstable = rule.can_split(lower, upper)
+            above, below = rule.split_score(lower, upper)
+            loose = torch.where(unstable, above + below, -torch.inf)
             if y in seen:
-                cost = (seen[y].reshape(count, seen[y].shape[1], -1).clamp(max=0).neg()
-                        * open_rows.unsqueeze(-1)).sum(1)
-                score = torch.where(unstable, cost * loose, -torch.inf)
+                # a negative coefficient pays for the upper line's looseness, a positive one for the lower's
+                reached = seen[y].reshape(count, seen[y].shape[1], -1) * open_rows.unsqueeze(-1)
+                cost = reached.clamp(max=0).neg().sum(1) * above + reached.clamp(min=0).sum(1) * below
+                score = torch.where(unstable, cost, -torch.inf)
             else:
                 score = torch.full_like(loose, -torch.inf)
             scores.append(score)
@@ -460,6 +496,7 @@ class _Search(_Case):
         repeat = lambda t: t.repeat(copies, *([1] * (t.dim() - 1))) if t is not None else None  # noqa: E731
         wide = [None if b is None else Interval(repeat(b.lower), repeat(b.upper)) for b in bounds]
         signs = {z: repeat(s) for z, s in domains.signs.items()}
+        cuts = {z: repeat(c) for z, c in domains.cuts.items()}
         owner = choice[..., 0].T.reshape(-1).repeat(2)  # [2kN]
         neuron = choice[..., 1].T.reshape(-1).repeat(2)
         below = torch.arange(copies * count, device=choice.device) < k * count
@@ -468,12 +505,16 @@ class _Search(_Case):
             lower = wide[z].lower.reshape(copies * count, -1).clone()
             upper = wide[z].upper.reshape(copies * count, -1).clone()
             sign = signs[z].reshape(copies * count, -1).clone()
+            cut = cuts[z].reshape(copies * count, -1).clone()
             at, side = neuron[here], below[here]
-            upper[here, at] = torch.where(side, upper[here, at].clamp(max=0), upper[here, at])
-            lower[here, at] = torch.where(side, lower[here, at], lower[here, at].clamp(min=0))
+            point = self._cut_points(z, lower[here, at], upper[here, at])
+            upper[here, at] = torch.where(side, torch.minimum(upper[here, at], point), upper[here, at])
+            lower[here, at] = torch.where(side, lower[here, at], torch.maximum(lower[here, at], point))
             sign[here, at] = torch.where(side, 1.0, -1.0).to(sign.dtype)
+            cut[here, at] = point
             wide[z] = Interval(lower.reshape(wide[z].lower.shape), upper.reshape(wide[z].upper.shape))
             signs[z] = sign.reshape(signs[z].shape)
+            cuts[z] = cut.reshape(cuts[z].shape)
         betas = {z: repeat(b) for z, b in domains.betas.items()}
         store = AlphaStore.holding({k: [repeat(p) for p in group] for k, group in domains.alphas.items()})
 
@@ -485,8 +526,8 @@ class _Search(_Case):
         coeffs = self.coeffs.expand(copies * count, *self.coeffs.shape[1:])
         no_rounding: Errors = dict.fromkeys(range(len(self.network.nodes)))
         with torch.no_grad():
-            final = backward_bound(self.network, self.network.output, coeffs, wide, store, "final", visit,
-                                   no_rounding)
+            final = _with_cuts(backward_bound(self.network, self.network.output, coeffs, wide, store, "final", visit,
+                                              no_rounding), betas, signs, cuts)
         return final.lower.reshape(2, k, count, -1)
 
 
@@ -512,17 +553,19 @@ class _BoxSearch(_Case):
         if parents is None:
             lower, upper = self.box.lower, self.box.upper
             refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
+            inherited = None
         else:
             lower, upper = _halve(parents)
             refuted = np.concatenate([parents.refuted, parents.refuted])
-        children = self._bound(lower, upper, refuted)
+            inherited = _twice(parents.bound)
+        children = self._bound(lower, upper, refuted, inherited)
         self.domain_seconds = (time.perf_counter() - started) / lower.shape[0]
         return children
 
     def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains:
         return domains  # a box of zero width bounds no better a second time
 
-    def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray) -> _Domains:
+    def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None) -> _Domains:
         network, count = self.network, lower.shape[0]
         seen: dict[int, Tensor] = {}
 
@@ -537,6 +580,8 @@ class _BoxSearch(_Case):
             bounds = crown_bounds(network, Interval(lower, upper), errors=errors)
             best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),
                              interval_concretize(coeffs, bounds[network.output]))
+            if inherited is not None:
+                best = keep_best(best, inherited)
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         self._try_minimisers(seen.get(0), open_rows, lower, upper)
         width = (upper - lower).reshape(count, -1)
@@ -545,7 +590,7 @@ class _BoxSearch(_Case):
         pick = score.argmax(1)
         node = torch.where(width.amax(1) > 0, 0, -1)
         choice = torch.stack([node, torch.where(node < 0, -1, pick)], 1)
-        domains = _Domains({0: lower}, {0: upper}, {}, {}, {}, refuted, gap, choice)
+        domains = _Domains({0: lower}, {0: upper}, {}, {}, {}, {}, refuted, best, gap, choice)
         return domains.take(torch.from_numpy(~proved).to(network.device).nonzero().flatten())
 
 
@@ -564,25 +609,46 @@ def _halve(parents: _Domains) -> tuple[Tensor, Tensor]:
             torch.cat([first_high, high]).reshape(2 * count, *shape))
 
 
-def _split(parents: _Domains) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor]]:
-    """Intervals and signs of the children: first every parent with its neuron <= 0, then >= 0."""
+def _split(parents: _Domains, cut_points: Callable[[int, Tensor, Tensor], Tensor]
+           ) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], dict[int, Tensor]]:
+    """Intervals, signs and cuts of the children: first every parent with its neuron <= its cut
+    point (`cut_points(node, lower, upper)`), then >= it."""
     count = len(parents)
     rows = torch.arange(count, device=parents.choice.device)
-    lower, upper, signs = {}, {}, {}
+    lower, upper, signs, cuts = {}, {}, {}, {}
     for z in parents.lower:
         shape = parents.lower[z].shape
         below_low = parents.lower[z].reshape(count, -1).clone()
         below_up = parents.upper[z].reshape(count, -1).clone()
         below_sign = parents.signs[z].reshape(count, -1).clone()
+        cut = parents.cuts[z].reshape(count, -1).clone()
         above_low, above_up, above_sign = below_low.clone(), below_up.clone(), below_sign.clone()
         here = parents.choice[:, 0] == z
         picked, neuron = rows[here], parents.choice[here, 1]
-        below_up[picked, neuron] = torch.clamp(below_up[picked, neuron], max=0)
+        point = cut_points(z, below_low[picked, neuron], below_up[picked, neuron])
+        cut[picked, neuron] = point
+        below_up[picked, neuron] = torch.minimum(below_up[picked, neuron], point)
         below_sign[picked, neuron] = 1.0
-        above_low[picked, neuron] = torch.clamp(above_low[picked, neuron], min=0)
+        above_low[picked, neuron] = torch.maximum(above_low[picked, neuron], point)
         above_sign[picked, neuron] = -1.0
         lower[z] = torch.cat([below_low, above_low]).reshape(2 * count, *shape[1:])
         upper[z] = torch.cat([below_up, above_up]).reshape(2 * count, *shape[1:])
         signs[z] = torch.cat([below_sign, above_sign]).reshape(2 * count, *shape[1:])
-    return lower, upper, signs
+        cuts[z] = torch.cat([cut, cut]).reshape(2 * count, *shape[1:])
+    return lower, upper, signs, cuts
 
+
+def _twice(bound: LinearBound) -> LinearBound:
+    """A parent's bound for both its children (below halves first)."""
+    return LinearBound(torch.cat([bound.lower, bound.lower]), torch.cat([bound.magnitude, bound.magnitude]))
+
+
+def _with_cuts(bound: LinearBound, betas: dict[int, Tensor], signs: dict[int, Tensor],
+               cuts: dict[int, Tensor]) -> LinearBound:
+    """A sweep's bound [N, m] with the split terms' constants: a constraint s (z - cut) <= 0 enters
+    as beta s z in the sweep (visit) and -beta s cut here (0 for ReLU splits, cut at 0)."""
+    lower, magnitude = bound.lower, bound.magnitude
+    for z, beta in betas.items():
+        shift = (beta * (signs[z] * cuts[z]).unsqueeze(1)).reshape(beta.shape[0], beta.shape[1], -1).sum(-1)
+        lower, magnitude = lower - shift, magnitude + shift.abs()
+    return LinearBound(lower, magnitude)

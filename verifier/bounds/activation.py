@@ -18,10 +18,13 @@ from verifier.bounds.core import Interval, Unsupported, register, rounding
 from verifier.bounds.relaxation import Elementwise, LinearRelaxation, clamp_passing, extremum_intercepts
 
 _BISECTION_STEPS = 24
+# Inputs of sigmoid and tanh narrower than this are not split further: their lines are already
+# within about width^2 / 10 of the function.
+MIN_SPLIT_WIDTH = 1e-3
 
 
 class ReLU(Elementwise):
-    splits_at_zero = True
+    splittable = True
     tighter_input_helps = False
     exact = True
 
@@ -34,9 +37,16 @@ class ReLU(Elementwise):
     def relevant(self, bounds: Interval) -> Tensor:
         return (bounds.lower < 0) & (bounds.upper > 0)
 
-    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
-        # the intercept of the upper line (the chord) at 0: the chord's largest gap above relu
-        return -lower * upper / (upper - lower).clamp(min=1e-30)
+    def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
+        return torch.zeros_like(lower)
+
+    def can_split(self, lower: Tensor, upper: Tensor) -> Tensor:
+        return (lower < 0) & (upper > 0)
+
+    def split_score(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        # the intercept of the upper line (the chord) at 0: the chord's largest gap above relu; the
+        # lower line is counted as exact (BaBSR)
+        return -lower * upper / (upper - lower).clamp(min=1e-30), torch.zeros_like(lower)
 
     def relax(self, lower: Tensor, upper: Tensor, alpha: list[Tensor] | None = None) -> LinearRelaxation:
         active, inactive = lower >= 0, upper <= 0
@@ -61,10 +71,32 @@ class SShaped(Elementwise):
     """An increasing function, convex below 0 and concave above (sigmoid, tanh).
 
     Its lines' slopes are the free parameters: the intercepts are always the exact extremum of
-    f(x) - a x on [l, u], so any slope gives sound lines.
+    f(x) - a x on [l, u], so any slope gives sound lines. Branch and bound splits an input at 0
+    (a convex and a concave piece) when 0 lies well inside its interval, else at the middle.
     """
 
     approximated = True
+    splittable = True
+    warm_start = False
+
+    def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
+        margin = 0.1 * (upper - lower)
+        inside = (lower + margin < 0) & (upper - margin > 0)
+        return torch.where(inside, 0.0, (lower + upper) / 2)
+
+    def can_split(self, lower: Tensor, upper: Tensor) -> Tensor:
+        return torch.isfinite(lower) & torch.isfinite(upper) & (upper - lower > MIN_SPLIT_WIDTH)
+
+    def split_score(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        # each line's gap to f at the ends and the middle (a sampled estimate: it only ranks neurons)
+        finite = torch.isfinite(lower) & torch.isfinite(upper)
+        low, high = torch.where(finite, lower, 0.0), torch.where(finite, upper, 0.0)
+        lines = self.relax(low, high)
+        points = torch.stack([low, (low + high) / 2, high])
+        values = self.f(points)
+        above = (lines.upper_slope * points + lines.upper_intercept - values).amax(0).clamp(min=0)
+        below = (values - lines.lower_slope * points - lines.lower_intercept).amax(0).clamp(min=0)
+        return torch.where(finite, above, 0.0), torch.where(finite, below, 0.0)
 
     def f(self, x: Tensor) -> Tensor:
         raise NotImplementedError

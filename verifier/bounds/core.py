@@ -74,9 +74,14 @@ class Rule(nn.Module):
     selects_only = False
     # True when `backward` also takes window coefficients (patches.py); others get dense ones.
     accepts_patches = False
-    # True for single-input rules that are linear on each side of input 0 (ReLU): branch and
-    # bound splits their input there, which makes the rule exact on both sides.
-    splits_at_zero = False
+    # True for single-input elementwise rules whose input branch and bound may split (`split_point`,
+    # `can_split`, `split_score`): at 0 for ReLU, which makes it exact on both sides; inside the
+    # interval for sigmoid and tanh, whose lines are then tighter on each side.
+    splittable = False
+    # Whether a branch and bound child starts its relaxation parameters at its parent's: not where
+    # the best ones depend on the interval that a split changes (sigmoid and tanh slopes; warm
+    # children of one eran-style sigmoid network bounded 2-3x looser than cold ones).
+    warm_start = True
     # False where a tighter input interval can loosen the relaxation (ReLU's adaptive lower line
     # turns with u >= -l): CROWN's refined bounds of its inputs then replace IBP's instead of
     # intersecting them, as in the published algorithm, which they must never be looser than.
@@ -132,10 +137,19 @@ class Rule(nn.Module):
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
         raise NotImplementedError
 
-    def split_score(self, lower: Tensor, upper: Tensor) -> Tensor:
-        """For a `splits_at_zero` rule: how loose its relaxation is at each neuron of its input with
-        bounds lower < 0 < upper, which a split at 0 removes. Branch and bound weighs it by what
-        the open rows' coefficients pay for it (a BaBSR-like score) to choose the neuron to split."""
+    def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """For a `splittable` rule: where to split each neuron of its input with these bounds."""
+        raise NotImplementedError
+
+    def can_split(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """For a `splittable` rule: which neurons a split would tighten (bool, like `lower`)."""
+        raise NotImplementedError
+
+    def split_score(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """For a `splittable` rule: how far its upper line lies above the function, and the
+        function above its lower line, at each neuron; a split shrinks both. Branch and bound
+        weighs them by what the open rows' coefficients pay for each line (a BaBSR-like score)
+        to choose the neuron to split."""
         raise NotImplementedError
 
     def relevant(self, bounds: Interval) -> Tensor | None:
