@@ -67,7 +67,8 @@ class AlphaSettings:
 class BranchSettings:
     """Branch and bound after the bound pass."""
 
-    split: str = setting("auto", "what to split: unstable ReLUs (relu), the input box (input), nothing (none), "
+    split: str = setting("auto", "what to split: neurons, unstable ReLUs and sigmoid or tanh inputs (relu), "
+                         "the input box (input), nothing (none), "
                          "or by the property (auto: the input box where it varies at most 8 inputs)",
                          choices=SPLITS)
     batch: int = setting(64, "domains split per step (their children are bounded together)", minimum=1)

@@ -118,7 +118,8 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
             probe = lambda points, case=int(case): falsifier.try_points(case, points)  # noqa: E731
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
                                       on, probe)
-            log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs", on, case,
+            log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",
+                     "neuron" if on == "relu" else on, case,
                      result.reason, result.domains_bounded, result.open_domains, result.seconds)
             if result.counterexample is not None:
                 return Outcome("sat", result.counterexample, decided_by="branch and bound", timings=timings)
