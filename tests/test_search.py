@@ -416,3 +416,15 @@ def test_the_check_catches_split_constants_of_the_wrong_sign(monkeypatch):
         outputs = values[searcher.network.output].reshape(1, -1)
         failed += not bool((torch.where(inside, outputs, torch.inf) >= domains.bound.lower - 1e-9).all())
     assert failed > 0
+
+
+def test_the_root_is_not_bounded_when_its_estimated_cost_does_not_fit():
+    network = relu_network(1, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) - 0.05, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(), lambda: 1.0, "relu",
+                              root_seconds=1.0)
+    assert result.reason == "time" and result.domains_bounded == 0
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(), lambda: 2.0, "relu",
+                              root_seconds=1.0)
+    assert result.domains_bounded > 0

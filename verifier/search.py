@@ -118,11 +118,15 @@ def split_nodes(network: Network) -> dict[int, int]:
 
 def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
                      settings: BranchSettings, time_left: Callable[[], float], on: str = "relu",
-                     probe: Probe | None = None) -> SearchResult:
-    """Prove case `case` of the spec by splitting ReLUs (`on="relu"`) or the input box (`"input"`),
+                     probe: Probe | None = None, root_seconds: float = 0.0) -> SearchResult:
+    """Prove case `case` of the spec by splitting neurons (`on="relu"`) or the input box (`"input"`),
     starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
-    `time_left()` (seconds) would run out, or when `probe` confirms a counterexample."""
+    `time_left()` (seconds) would run out, or when `probe` confirms a counterexample. The first
+    bound (the root's, which cannot be interrupted) is started only when 1.5 x `root_seconds`, an
+    estimate of its cost, is left."""
     start = time.perf_counter()
+    if time_left() < 1.5 * root_seconds:
+        return SearchResult(False, 0, 1, 0.0, "time")
     if on == "relu":
         search: _Search | _BoxSearch = _Search(network, spec, case, root, settings, probe)
     else:

@@ -116,8 +116,9 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
     try:
         for case in easiest_first:
             probe = lambda points, case=int(case): falsifier.try_points(case, points)  # noqa: E731
+            # the root costs about a CROWN pass (input splits), or a few final sweeps (neuron splits)
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
-                                      on, probe)
+                                      on, probe, timings.get("crown", 0.0) / spec.cases)
             log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",
                      "neuron" if on == "relu" else on, case,
                      result.reason, result.domains_bounded, result.open_domains, result.seconds)
