@@ -5,7 +5,7 @@ them and one output. Its least output over a box is found by a mixed-integer pro
 binary per ReLU whose interval crosses 0, with the big-M constraints of its interval, i.e. every
 activation pattern of the box is searched by the solver's own branch and bound, each pattern an
 LP. `check_networks` runs branch and bound just above and just below that minimum and counts
-wrong answers; `python -m tests.exact COUNT` runs it on COUNT networks.
+wrong answers; `python -m tests.exact COUNT [SEED]` runs it on COUNT networks.
 """
 
 from __future__ import annotations
@@ -163,8 +163,9 @@ def _probe(network, threshold: float):
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     started = time.perf_counter()
-    tally = check_networks(count)
+    tally = check_networks(count, seed)
     print(f"{count} networks, {tally.instances} instances: {len(tally.wrong)} wrong, "
           f"{tally.proved}/{count} provable sides proved, {tally.found} counterexamples found on the "
           f"violated sides, {time.perf_counter() - started:.0f}s")
