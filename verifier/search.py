@@ -249,7 +249,7 @@ class _Search(_Case):
             lower, upper, signs, cuts = _split(parents, self._cut_points)
             # children start from their parents' alphas and betas, except for rules whose best
             # parameters depend on the intervals that a split changes (Rule.warm_start False:
-            # sigmoid slopes; warm children of a small sigmoid network bounded 2-10x looser)
+            # sigmoid slopes)
             warm = {z: self.network.rule(y).warm_start for z, y in self.splits.items()}
             betas = {z: torch.cat([b, b]) if warm[z] else torch.zeros_like(torch.cat([b, b]))
                      for z, b in parents.betas.items()}
@@ -326,11 +326,7 @@ class _Search(_Case):
         box, bounds, _ = self._intervals(domains.lower, domains.upper, count)
         inputs = box.lower[0].numel()
         seen: dict[int, Tensor] = {}
-
-        def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
-            if index == 0:
-                seen[0] = densify(node_coeffs)
-            return node_coeffs
+        visit = _input_recorder(seen)
 
         def linear_form(start: int, coeffs: Tensor, alphas: AlphaStore | None) -> tuple[Tensor, Tensor]:
             """[D, r, inputs] and [D, r]: the sweep's lower line of <coeffs, z_start> as A x + c."""
@@ -572,11 +568,7 @@ class _BoxSearch(_Case):
     def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None) -> _Domains:
         network, count = self.network, lower.shape[0]
         seen: dict[int, Tensor] = {}
-
-        def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
-            if index == 0:
-                seen[0] = densify(node_coeffs)
-            return node_coeffs
+        visit = _input_recorder(seen)
 
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
         with torch.no_grad():
@@ -640,6 +632,15 @@ def _split(parents: _Domains, cut_points: Callable[[int, Tensor, Tensor], Tensor
         signs[z] = torch.cat([below_sign, above_sign]).reshape(2 * count, *shape[1:])
         cuts[z] = torch.cat([cut, cut]).reshape(2 * count, *shape[1:])
     return lower, upper, signs, cuts
+
+
+def _input_recorder(seen: dict[int, Tensor]) -> Callable[[int, Tensor | Patches], Tensor | Patches]:
+    """A sweep's `visit` that keeps, at seen[0], the coefficients [N, m, *input_shape] reaching the input."""
+    def visit(index: int, node_coeffs: Tensor | Patches) -> Tensor | Patches:
+        if index == 0:
+            seen[0] = densify(node_coeffs)
+        return node_coeffs
+    return visit
 
 
 def _twice(bound: LinearBound) -> LinearBound:
