@@ -159,14 +159,22 @@ def _engine_crown(network, lower: np.ndarray, upper: np.ndarray, rows: np.ndarra
         return backward_bound(network, network.output, coeffs, bounds).lower[0].numpy()
 
 
+def random_mlp(seed: int, most_hidden: int, weight_scale: float, radii: tuple[float, float]):
+    """Random layers (2 to `most_hidden` hidden, 8-29 wide, 4 outputs), a box centre and radius,
+    and 6 random rows."""
+    rng = np.random.default_rng(seed)
+    widths = [int(rng.integers(3, 8))] + [int(rng.integers(8, 30))
+                                          for _ in range(int(rng.integers(2, most_hidden + 1)))] + [4]
+    layers = [(rng.normal(0, weight_scale / np.sqrt(a), (b, a)), rng.normal(0, 0.3, b))
+              for a, b in zip(widths, widths[1:])]
+    center = rng.normal(0, 1, widths[0])
+    radius = rng.uniform(*radii)
+    return layers, center, radius, rng.normal(0, 1, (6, widths[-1]))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_crown_matches_or_beats_the_textbook_algorithm_on_random_mlps(seed):
-    rng = np.random.default_rng(seed)
-    widths = [int(rng.integers(3, 8))] + [int(rng.integers(8, 30)) for _ in range(int(rng.integers(2, 5)))] + [4]
-    layers = [(rng.normal(0, 1 / np.sqrt(a), (b, a)), rng.normal(0, 0.3, b)) for a, b in zip(widths, widths[1:])]
-    center = rng.normal(0, 1, widths[0])
-    radius = rng.uniform(0.05, 0.5)
-    rows = rng.normal(0, 1, (6, widths[-1]))
+    layers, center, radius, rows = random_mlp(seed, most_hidden=4, weight_scale=1, radii=(0.05, 0.5))
     expected = reference_crown(layers, center - radius, center + radius, rows)
     got = _engine_crown(_network(_mlp_onnx(layers)), center - radius, center + radius, rows)
     tolerance = 1e-4 * np.maximum(1, np.abs(expected))
@@ -227,12 +235,7 @@ def test_crown_is_the_textbook_algorithm_on_random_sigmoid_mlps(seed, monkeypatc
     67, but on this test's seed 3 some rows come out up to 0.3 % looser, as tighter intervals can
     turn a line)."""
     monkeypatch.setattr(Sigmoid, "tighter_input_helps", False)
-    rng = np.random.default_rng(seed)
-    widths = [int(rng.integers(3, 8))] + [int(rng.integers(8, 30)) for _ in range(int(rng.integers(2, 6)))] + [4]
-    layers = [(rng.normal(0, 2 / np.sqrt(a), (b, a)), rng.normal(0, 0.3, b)) for a, b in zip(widths, widths[1:])]
-    center = rng.normal(0, 1, widths[0])
-    radius = rng.uniform(0.1, 1.0)
-    rows = rng.normal(0, 1, (6, widths[-1]))
+    layers, center, radius, rows = random_mlp(seed, most_hidden=5, weight_scale=2, radii=(0.1, 1.0))
     expected = reference_sigmoid_crown(layers, center - radius, center + radius, rows)
     got = _engine_crown(_network(_mlp_onnx(layers, "Sigmoid")), center - radius, center + radius, rows)
     tolerance = 1e-6 * np.maximum(1, np.abs(expected))
