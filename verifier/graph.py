@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, fx
+from torch.fx.operator_schemas import normalize_function
 
 from verifier.bounds import factory_for
 from verifier.bounds.core import Rule, Unsupported
@@ -91,8 +92,14 @@ class Builder:
         return module(*(self.evaluate_operand(a) for a in args))
 
 
-def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
-    """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed)."""
+def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bool = False) -> Network:
+    """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed).
+
+    With `gradients`, the constants that rules derive from the model's parameters (a batch norm's
+    scale, a transposed weight) keep their autograd history, so that bounds computed with the
+    Network are differentiable with respect to those parameters; rules hold the parameters
+    themselves either way.
+    """
     module = model.module
     if probe is None:
         generator = torch.Generator().manual_seed(0)
@@ -103,21 +110,22 @@ def build_network(model: LoadedModel, probe: Tensor | None = None) -> Network:
     truth: dict[fx.Node, object] = {}
     unsupported: dict[str, list[str]] = {}
     output: object = None
-    with torch.no_grad():
+    with torch.set_grad_enabled(gradients):
         for node in module.graph.nodes:
             if node.op == "placeholder":
                 env[node] = builder.input(probe.unsqueeze(0))
                 truth[node] = probe
             elif node.op == "get_attr":
                 env[node] = truth[node] = _fetch_attr(module, node.target)
-            elif node.op in ("call_module", "call_function"):
-                target = module.get_submodule(node.target) if node.op == "call_module" else node.target
-                op_type, name = model.onnx_nodes.get(node.target, (getattr(target, "__name__", str(target)), node.name))
+            elif node.op in ("call_module", "call_function", "call_method"):
+                target, node_args, node_kwargs = _call(module, node, truth)
+                key = node.target if node.op == "call_module" else node.name
+                op_type, name = model.onnx_nodes.get(key, (getattr(target, "__name__", str(target)), node.name))
                 builder.label = f"{op_type} '{name}'"
                 builder.exec_dtype = model.node_dtypes.get(name, model.dtype)
-                args = _positional(target, fx.node.map_arg(node.args, env.get), fx.node.map_arg(node.kwargs, env.get))
-                truth_args = _positional(target, fx.node.map_arg(node.args, truth.get),
-                                         fx.node.map_arg(node.kwargs, truth.get))
+                args = _positional(target, fx.node.map_arg(node_args, env.get), fx.node.map_arg(node_kwargs, env.get))
+                truth_args = _positional(target, fx.node.map_arg(node_args, truth.get),
+                                         fx.node.map_arg(node_kwargs, truth.get))
                 try:
                     truth[node] = target(*truth_args)
                 except Exception as error:  # noqa: BLE001
@@ -159,8 +167,8 @@ def _check_against_truth(builder: Builder, result: object, truth: object) -> Non
     for got, expected in zip(results, truths):
         if not isinstance(got, Value):
             continue
-        expected = torch.as_tensor(expected).double()
-        value = got.probe[0].double()
+        expected = torch.as_tensor(expected).detach().double()
+        value = got.probe[0].detach().double()
         if value.shape != expected.shape:
             raise RuntimeError(f"{builder.label}: rule output shape {tuple(value.shape)} != {tuple(expected.shape)}")
         # Where the model itself gives inf or NaN at the probe (an overflow, a division by 0 at
@@ -177,6 +185,39 @@ def _check_against_truth(builder: Builder, result: object, truth: object) -> Non
         error = float((value - expected).abs().max()) if expected.numel() else 0.0
         if error > tolerance:
             raise RuntimeError(f"{builder.label}: rule disagrees with the operator by {error:.3g}")
+
+
+def _call(module: fx.GraphModule, node: fx.Node, truth: dict[fx.Node, object]) -> tuple[object, tuple, dict]:
+    """The callable of a call node, and its operands with keyword operands made positional.
+
+    A method call `x.f(...)` becomes `torch.f(x, ...)` where torch has that function (else the
+    unbound `Tensor.f`), so that both spellings reach one factory. Keyword operands of functions
+    are put in their schema's positions (defaults filled in), from the operands' types: torch's
+    builtins have no Python signature.
+    """
+    if node.op == "call_module":
+        return module.get_submodule(node.target), node.args, node.kwargs
+    target = node.target
+    if node.op == "call_method":
+        target = getattr(torch, node.target, None)
+        if not callable(target):
+            target = getattr(torch.Tensor, node.target)
+    if not node.kwargs:
+        return target, node.args, node.kwargs
+    def kind(value: object) -> type:
+        value = truth[value] if isinstance(value, fx.Node) else value
+        return Tensor if isinstance(value, Tensor) else type(value)
+
+    try:
+        normalized = normalize_function(target, node.args, node.kwargs,
+                                        arg_types=tuple(kind(a) for a in node.args),
+                                        kwarg_types={k: kind(v) for k, v in node.kwargs.items()},
+                                        normalize_to_only_use_kwargs=True)
+    except (RuntimeError, TypeError, ValueError):
+        normalized = None
+    if normalized is None:
+        return target, node.args, node.kwargs
+    return target, tuple(normalized.kwargs.values()), {}
 
 
 def _fetch_attr(module: torch.nn.Module, target: str) -> Tensor:

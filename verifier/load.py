@@ -184,7 +184,8 @@ def load_model(path: str) -> LoadedModel:
         except Exception as error:  # noqa: BLE001
             raise ModelError(path, f"conversion to torch failed: {type(error).__name__}: {first_line(error)}") from None
     module = _batchified(model, onnx2torch, module)
-    module.eval()
+    # the bound rules hold the module's own weights: the verifier never needs their gradients
+    module.eval().requires_grad_(False)
     nodes = {(n.name.replace(".", "/") or n.op_type): (n.op_type, n.name) for n in model.graph.node}
     return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes, _node_dtypes(model))
 
@@ -306,13 +307,15 @@ class OneHot(torch.nn.Module):
 
 
 def _upgraded(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
-    if _default_opset(model) >= UPGRADE_OPSET:
+    """The model converted to opset UPGRADE_OPSET: up from old opsets, and down from the newer
+    ones that torch's exporter writes (20 in torch 2.13), for which onnx2torch lacks converters."""
+    if _default_opset(model) == UPGRADE_OPSET:
         return model
     try:
         upgraded = onnx.version_converter.convert_version(model, UPGRADE_OPSET)
     except Exception as error:  # noqa: BLE001
         reason = f"{type(error).__name__}: {first_line(error)}"
-        raise ModelError(path, f"opset upgrade to {UPGRADE_OPSET} failed: {reason}") from None
+        raise ModelError(path, f"opset conversion to {UPGRADE_OPSET} failed: {reason}") from None
     _make_node_names_unique(upgraded)
     _strip_empty_trailing_inputs(upgraded)
     return upgraded

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from verifier.bounds.core import Interval
-from verifier.bounds.engine import Errors, backward_bound, crown_bounds, interval_bounds
+from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
+from verifier.bounds.engine import (
+    Errors,
+    LinearBound,
+    backward_bound,
+    crown_bounds,
+    interval_bounds,
+    interval_concretize,
+)
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.errors import UserError
@@ -37,29 +46,74 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
     return {"method": method, "seconds": seconds, "cases": cases}
 
 
-def raw_output_bounds(network: Network, box: Interval, method: str,
-                      alpha: AlphaSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds [B, n_out] of the flattened outputs over the boxes [B, *input_shape].
+@dataclass
+class OutputBounds:
+    lower: Tensor                          # [B, rows]
+    upper: Tensor                          # [B, rows]
+    intermediate: list[Interval | None]    # every node's interval in the pass
 
-    `alpha` configures alpha-CROWN (default: AlphaSettings()).
+
+def raw_output_bounds(network: Network, box: Interval, method: str, alpha: AlphaSettings | None = None,
+                      spec: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds [B, rows] of `spec @ flattened output`: see `bound_outputs`."""
+    result = bound_outputs(network, box, method, alpha, spec)
+    return result.lower, result.upper
+
+
+def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSettings | None = None,
+                  spec: Tensor | None = None) -> OutputBounds:
+    """Lower and upper bounds [B, rows] of `spec @ flattened output` over the input regions `box`
+    [B, *input_shape] (boxes or balls), sound in floating point: each is moved outwards by the
+    rounding its sweep may have made.
+
+    `spec` [B, rows, outputs] defaults to the identity (every output). `method` is "ibp", "crown",
+    "crown-ibp" (IBP intermediate bounds, CROWN at the output) or "alpha-crown" (configured by
+    `alpha`, default AlphaSettings()). Differentiable with respect to the region and to the
+    parameters the network's rules hold, except alpha-CROWN's, whose search runs without
+    gradients (see verifier.api for a differentiable alpha-CROWN bound).
     """
     cases = box.lower.shape[0]
-    if method == "ibp":
-        out = interval_bounds(network, box)[network.output]
-        return out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)
     count = math.prod(network.output_shape)
-    eye = torch.eye(count, dtype=network.dtype, device=network.device)
-    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(cases, -1, -1)
-    coeffs = coeffs.reshape(cases, 2 * count, *network.output_shape)
+    if method == "ibp":
+        bounds = interval_bounds(network, box)
+        out = bounds[network.output]
+        flat = Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1))
+        return OutputBounds(*_spec_interval(spec, flat), bounds)
+    rows_of = spec if spec is not None else torch.eye(count, dtype=network.dtype, device=network.device).expand(
+        cases, count, count)
+    coeffs = torch.cat([rows_of, -rows_of], dim=1).reshape(cases, 2 * rows_of.shape[1], *network.output_shape)
     if method == "alpha-crown":  # each output's lower and upper bound is its own row
         result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
-        bounds, bound = result.intermediate, result.bound.lower
-    else:
+        bounds, bound = result.intermediate, result.bound
+    elif method in ("crown", "crown-ibp"):
         errors: Errors = {}
-        bounds = crown_bounds(network, box, errors=errors)
-        bound = backward_bound(network, network.output, coeffs, bounds, errors=errors).lower
-    # CROWN is not monotone in its intermediate bounds: keep the final IBP interval where tighter
+        bounds = crown_bounds(network, box, errors=errors, refine=method == "crown")
+        bound = backward_bound(network, network.output, coeffs, bounds, errors=errors)
+    else:
+        raise ValueError(f"method '{method}': expected ibp, crown, crown-ibp or alpha-crown")
+    return combined_bounds(network, box, bounds, bound, spec)
+
+
+def combined_bounds(network: Network, box: Interval, bounds: list[Interval | None], bound: LinearBound,
+                    spec: Tensor | None) -> OutputBounds:
+    """The rows' bounds from a linear bound of `[spec, -spec]` over the output, made sound in
+    floating point and intersected with the output interval (CROWN is not monotone in its
+    intermediate bounds, so IBP's final interval can be tighter)."""
+    cases = box.lower.shape[0]
+    rows = bound.lower.shape[1] // 2
+    safe = bound.lower - rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
     out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
-    lower = torch.maximum(bound[:, :count], out.lower.reshape(cases, -1))
-    upper = torch.minimum(-bound[:, count:], out.upper.reshape(cases, -1))
-    return lower, upper
+    flat = Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1))
+    lower, upper = _spec_interval(spec, flat)
+    return OutputBounds(torch.maximum(safe[:, :rows], lower), torch.minimum(-safe[:, rows:], upper), bounds)
+
+
+def _spec_interval(spec: Tensor | None, out: Interval) -> tuple[Tensor, Tensor]:
+    """Bounds [B, rows] of spec @ z for z in the flat interval `out` [B, outputs], sound in
+    floating point (no spec: `out` itself)."""
+    if spec is None:
+        return out.lower, out.upper
+    lower = interval_concretize(spec, out)
+    upper = interval_concretize(-spec, out)
+    margin = rounding(out.lower.dtype, spec.shape[-1])
+    return lower.lower - margin * lower.magnitude, -upper.lower + margin * upper.magnitude

@@ -8,6 +8,7 @@ exact extremum of f(x) - a x on [l, u], so the lines stay sound whatever slope w
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from onnx2torch.node_converters.clip import OnnxClip
 from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
@@ -228,25 +229,41 @@ class Sign(Elementwise):
 
 
 @register(nn.ReLU, "Relu")
+@register(torch.relu)
+@register(F.relu)
+@register(torch.Tensor.relu)
 def relu_factory(builder, module, args):
     return builder.add(ReLU(), [args[0]])
 
 
 @register(nn.Sigmoid, "Sigmoid")
+@register(torch.sigmoid)
+@register(F.sigmoid)
+@register(torch.Tensor.sigmoid)
 def sigmoid_factory(builder, module, args):
     return builder.add(Sigmoid(), [args[0]])
 
 
 @register(nn.Tanh, "Tanh")
+@register(torch.tanh)
+@register(F.tanh)
+@register(torch.Tensor.tanh)
 def tanh_factory(builder, module, args):
     return builder.add(Tanh(), [args[0]])
 
 
 @register(nn.LeakyReLU, "LeakyRelu")
 def leaky_relu_factory(builder, module, args):
+    return _leaky_relu(builder, args[0], float(module.negative_slope))
+
+
+@register(F.leaky_relu)
+def leaky_relu_function_factory(builder, function, args):
+    return _leaky_relu(builder, args[0], float(args[1]) if len(args) > 1 else 0.01)
+
+
+def _leaky_relu(builder, x, slope: float):
     # leaky(x) = slope * x + (1 - slope) * relu(x), exact for slope < 1.
-    x = args[0]
-    slope = float(module.negative_slope)
     if not 0 <= slope < 1:
         raise Unsupported(f"LeakyRelu with slope {slope}")
     rectified = builder.add(ReLU(), [x])
@@ -277,6 +294,25 @@ def clip_factory(builder, module, args):
     # an absent bound, or an infinite one (Clip with min = -inf), clips nothing on that side
     low = None if low is None or float(low) == -float("inf") else float(low)
     high = None if high is None or float(high) == float("inf") else float(high)
+    return _clip(builder, args[0], low, high)
+
+
+@register(torch.clamp)
+@register(torch.clip)
+@register(torch.Tensor.clamp)
+@register(torch.Tensor.clip)
+@register(F.hardtanh)
+@register(F.relu6)
+def clamp_function_factory(builder, function, args):
+    """clamp(x, min, max), hardtanh(x, min_val, max_val) and relu6(x), bounds given as numbers."""
+    if any(builder.is_variable(a) for a in args[1:]):
+        raise Unsupported("a clamp whose bounds are variables")
+    if function is F.relu6:
+        low, high = 0.0, 6.0
+    else:
+        defaults = (-1.0, 1.0) if function is F.hardtanh else (None, None)
+        given = list(args[1:3]) + list(defaults[len(args) - 1:])
+        low, high = (None if v is None else float(v) for v in given[:2])
     return _clip(builder, args[0], low, high)
 
 

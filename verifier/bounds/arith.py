@@ -5,6 +5,8 @@ Products and quotients of two variables are relaxed in `bilinear.py`; this file 
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from onnx2torch.node_converters.mean import OnnxMean
@@ -131,7 +133,28 @@ def binary_factory(builder, module, args):
         if builder.is_variable(second):
             raise Unsupported("legacy axis broadcasting of a variable operand")
         second = old_style_broadcast(builder.evaluate_operand(first), second, module.axis)
-    op = module.math_op_function.__name__
+    return _binary(builder, module.math_op_function.__name__, first, second)
+
+
+# The functional forms of a torch.fx trace, by the name of the ONNX operation each one is.
+_BINARY_FUNCTIONS = {operator.add: "add", torch.add: "add", torch.Tensor.add: "add",
+                     operator.sub: "sub", torch.sub: "sub", torch.Tensor.sub: "sub",
+                     operator.mul: "mul", torch.mul: "mul", torch.Tensor.mul: "mul",
+                     operator.truediv: "_onnx_div", torch.div: "_onnx_div", torch.Tensor.div: "_onnx_div"}
+
+
+def binary_function_factory(builder, function, args):
+    first, second, *extra = args
+    if extra and extra[0] not in (1, None):  # torch.add's alpha, torch.div's rounding mode
+        raise Unsupported(f"{function.__name__} with the extra operand {extra[0]!r}")
+    return _binary(builder, _BINARY_FUNCTIONS[function], first, second)
+
+
+for _function in _BINARY_FUNCTIONS:
+    register(_function)(binary_function_factory)
+
+
+def _binary(builder, op: str, first, second):
     variable = [builder.is_variable(a) for a in (first, second)]
     if all(variable):
         return _two_variables(builder, op, first, second)
@@ -164,6 +187,9 @@ def _two_variables(builder, op: str, first, second):
 
 
 @register(OnnxNeg, "Neg")
+@register(operator.neg)
+@register(torch.neg)
+@register(torch.Tensor.neg)
 def neg_factory(builder, module, args):
     return affine(builder, args[0], scale=-torch.ones(()))
 

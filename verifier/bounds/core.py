@@ -50,6 +50,29 @@ class Interval:
         return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
 
 
+class Ball(Interval):
+    """The Lp ball `||x - point||_p <= eps` (p = 1 or 2) of each batch entry, as an input region.
+
+    Its interval (`lower`, `upper`) is the ball's bounding box, `point ± eps`, which is what IBP
+    and the relaxations see; linear functions of the input are concretised over the ball itself
+    with the dual norm (see engine.concretize_input). `point` is [B, *shape], `eps` [B] or a float.
+    """
+
+    def __init__(self, point: Tensor, eps: Tensor | float, norm: float) -> None:
+        if norm not in (1, 2):
+            raise ValueError(f"norm {norm}: a ball is an L1 or L2 ball (an L-inf ball is a box)")
+        radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
+        radius = radius.reshape(-1, *(1,) * (point.dim() - 1)) if radius.dim() else radius
+        super().__init__(point - radius, point + radius)
+        self.point = point
+        self.eps = radius.reshape(-1).expand(point.shape[0])
+        self.norm = norm
+
+    @property
+    def dual_norm(self) -> float:
+        return 2.0 if self.norm == 2 else float("inf")
+
+
 @dataclass
 class Backward:
     """Result of a backward rule: coefficients per variable input (None: no dependence) and bias [B, m]."""

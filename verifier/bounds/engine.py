@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
+from verifier.bounds.core import SWEEP_TERMS, Ball, Interval, rounding
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches, combine, densify, identity_patches
 from verifier.bounds.relaxation import AlphaStore
@@ -86,11 +86,51 @@ def execution_error(network: Network, index: int, bounds: list[Interval | None],
 
 
 def interval_bounds(network: Network, box: Interval) -> list[Interval]:
-    """IBP: an interval for every node, for the batch of boxes `box` ([B, *input_shape])."""
+    """IBP: an interval for every node, for the batch of input regions `box` ([B, *input_shape]):
+    boxes, or balls, whose first linear layers are bounded over the ball itself."""
     bounds = [box]
+    first_layers = ball_layers(network) if isinstance(box, Ball) else set()
     for index in range(1, len(network.nodes)):
-        bounds.append(node_interval(network, index, bounds))
+        current = node_interval(network, index, bounds)
+        if index in first_layers:
+            current = _refine(network, index, current, bounds, every_neuron=True)
+        bounds.append(current)
     return bounds
+
+
+def ball_layers(network: Network) -> set[int]:
+    """Linear nodes fed by the input or by a selection of it (a flatten, a slice): over a ball,
+    their intervals come from the dual norm (one sweep each), not from the ball's bounding box,
+    which is sqrt(n) times too wide for an L2 ball of n inputs."""
+    views = {0}
+    layers = set()
+    for index, node in enumerate(network.nodes[1:], start=1):
+        rule = network.rules[node.rule]
+        if len(node.inputs) != 1 or node.inputs[0] not in views:
+            continue
+        if rule.selects_only:
+            views.add(index)
+        elif rule.has_linear_rule and not rule.needs_bounds:
+            layers.add(index)
+    return layers
+
+
+def concretize_input(coeffs: Tensor | Patches, region: Interval) -> LinearBound:
+    """Lower bound of <coeffs, x> [B, m] over the input region: a box, or a Ball, over which it is
+    <coeffs, point> - eps ||coeffs||_dual (Hoelder), kept only where it beats the ball's box.
+
+    The magnitude is the box's (sum |a| max(|l|, |u|)), which bounds every term summed here too:
+    |a_i point_i| and eps ||a||_dual <= eps ||a||_1 both fit under it.
+    """
+    box = interval_concretize(coeffs, region)
+    if not isinstance(region, Ball):
+        return box
+    flat = densify(coeffs)
+    flat = flat.reshape(flat.shape[0], flat.shape[1], -1)
+    point = region.point.reshape(flat.shape[0], -1, 1)
+    dual = torch.linalg.vector_norm(flat, ord=region.dual_norm, dim=-1)
+    lower = torch.bmm(flat, point).squeeze(-1) - region.eps.unsqueeze(1) * dual
+    return LinearBound(torch.maximum(lower, box.lower), box.magnitude)
 
 
 def interval_concretize(coeffs: Tensor | Patches, bounds: Interval) -> LinearBound:
@@ -166,7 +206,7 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         if visit is not None:
             node_coeffs = visit(index, node_coeffs)
         if index == 0:
-            part = interval_concretize(node_coeffs, bounds[0])
+            part = concretize_input(node_coeffs, bounds[0])
             total = LinearBound(total.lower + part.lower, total.magnitude + part.magnitude)
             continue
         node = network.nodes[index]
@@ -280,12 +320,14 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
     `time_left()` is spent between two sweeps.
     """
     needed = nodes_to_refine(network) if refine else set()
+    first_layers = ball_layers(network) if isinstance(box, Ball) else set()
     bounds: list[Interval | None] = [box]
     errors = {} if errors is None else errors
     for index in range(1, len(network.nodes)):
         current = node_interval(network, index, bounds, errors)
-        if index in needed:
-            current = _refine(network, index, current, bounds, alphas, errors, time_left)
+        if index in needed or index in first_layers:
+            current = _refine(network, index, current, bounds, alphas, errors, time_left,
+                              every_neuron=index in first_layers)
         if reference is not None and reference[index] is not None:
             best = reference[index]
             current = Interval(_tighten(current.lower, best.lower, torch.gt),
@@ -303,10 +345,13 @@ def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Ten
 
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
             alphas: AlphaStore | None = None, errors: Errors | None = None,
-            time_left: Callable[[], float] | None = None) -> Interval:
-    """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care about."""
+            time_left: Callable[[], float] | None = None, every_neuron: bool = False) -> Interval:
+    """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care
+    about, or on all of them."""
     batch = current.lower.shape[0]
-    if alphas is not None and index in alphas.positions:
+    if every_neuron:
+        positions = torch.arange(current.lower[0].numel(), device=current.lower.device)
+    elif alphas is not None and index in alphas.positions:
         positions = alphas.positions[index]
     else:
         relevant = relevant_neurons(network, index, current)

@@ -7,6 +7,7 @@ the adjoint of the linear map.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +100,8 @@ class Conv(WeightedSum):
             padding = (0,) * self.dims
         if module.padding_mode != "zeros":
             raise Unsupported(f"convolution padding mode '{module.padding_mode}'")
-        self.register_buffer("weight", module.weight.detach())
-        self.register_buffer("bias", None if module.bias is None else module.bias.detach())
+        self.register_buffer("weight", module.weight)
+        self.register_buffer("bias", module.bias)
         self.stride, self.padding, self.dilation = module.stride, padding, module.dilation
         self.groups = module.groups
         self.in_shape, self.out_shape = in_shape, out_shape
@@ -176,8 +177,8 @@ class ConvTranspose(WeightedSum):
         self.dims = len(module.kernel_size)
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise Unsupported("transposed convolution with non-zero padding mode")
-        self.register_buffer("weight", module.weight.detach())
-        self.register_buffer("bias", None if module.bias is None else module.bias.detach())
+        self.register_buffer("weight", module.weight)
+        self.register_buffer("bias", module.bias)
         self.stride, self.padding, self.dilation = module.stride, module.padding, module.dilation
         self.output_padding, self.groups = module.output_padding, module.groups
         self.in_shape, self.out_shape = in_shape, out_shape
@@ -235,14 +236,31 @@ class Reduce(Rule):
 
 @register(nn.Linear, "Gemm")
 def linear_factory(builder, module, args):
-    x = args[0]
-    bias = None if module.bias is None else module.bias.detach()
-    return builder.add(Linear(module.weight.detach(), bias), [x])
+    # the module's own tensors, not copies: gradients reach them (the library's certified training)
+    return builder.add(Linear(module.weight, module.bias), [args[0]])
+
+
+@register(F.linear)
+def linear_function_factory(builder, function, args):
+    x, weight, bias = (list(args) + [None])[:3]
+    if builder.is_variable(weight) or builder.is_variable(bias):
+        raise Unsupported("linear with a variable weight or bias")
+    return builder.add(Linear(weight, bias), [x])
 
 
 @register(matmul.OnnxMatMul, "MatMul")
 def matmul_factory(builder, module, args):
-    left, right = args
+    return _matmul(builder, *args)
+
+
+@register(operator.matmul)
+@register(torch.matmul)
+@register(torch.Tensor.matmul)
+def matmul_function_factory(builder, function, args):
+    return _matmul(builder, *args)
+
+
+def _matmul(builder, left, right):
     if builder.is_variable(left) and builder.is_variable(right):
         return matmul_variables(builder, left, right)
     if builder.is_variable(left):
@@ -288,12 +306,12 @@ def batch_norm_factory(builder, module, args):
     if module.running_mean is None or module.running_var is None:
         raise Unsupported("BatchNormalization without running statistics")
     x = args[0]
-    scale = 1.0 / torch.sqrt(module.running_var.detach().double() + module.eps)
+    scale = 1.0 / torch.sqrt(module.running_var.double() + module.eps)
     if module.weight is not None:
-        scale = scale * module.weight.detach().double()
-    shift = -module.running_mean.detach().double() * scale
+        scale = scale * module.weight.double()
+    shift = -module.running_mean.double() * scale
     if module.bias is not None:
-        shift = shift + module.bias.detach().double()
+        shift = shift + module.bias.double()
     trailing = len(x.shape) - 2  # per-sample shape (n, C, *spatial)
     if trailing < 0:
         raise Unsupported("BatchNormalization on an input without a channel axis")

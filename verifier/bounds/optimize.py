@@ -49,6 +49,7 @@ class OptimizedBound:
     bound: LinearBound                 # best lower bound of every row [B, m]
     intermediate: list[Interval | None]  # best interval of every node
     iterations: int
+    alphas: AlphaStore                 # the parameters as the last iteration left them
 
 
 def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, settings: AlphaSettings,
@@ -121,7 +122,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     elif iteration > 1 and logger.isEnabledFor(logging.INFO):  # the gain costs a host sync
         logger.info("alpha-CROWN: %d iterations, mean lower-bound gain %.4g over the first", iteration,
                     _mean_gain(first, best))
-    return OptimizedBound(best, reference, iteration)
+    return OptimizedBound(best, reference, iteration, alphas)
 
 
 def _any_gradient(parameters: list[Tensor]) -> bool:

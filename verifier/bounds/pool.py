@@ -153,3 +153,20 @@ def max_pool_factory(builder, module, args):
     if len(args[0].shape) < 3:
         raise Unsupported("MaxPool on an input without channel and spatial axes")
     return builder.add(MaxPool2d(module, args[0].shape, out_shape), [args[0]])
+
+
+@register(F.max_pool2d)
+def max_pool_function_factory(builder, function, args):
+    x, kernel, stride, padding, dilation, ceil_mode, return_indices = (list(args) + [None, 0, 1, False, False])[:7]
+    if return_indices:
+        raise Unsupported("max_pool2d returning indices")
+    module = nn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=bool(ceil_mode))
+    return max_pool_factory(builder, module, [x])
+
+
+@register(F.avg_pool2d)
+def avg_pool_function_factory(builder, function, args):
+    x, kernel, stride, padding, ceil_mode, count_include_pad, divisor = (
+        list(args) + [None, 0, False, True, None])[:7]
+    module = nn.AvgPool2d(kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor)
+    return avg_pool_factory(builder, module, [x])

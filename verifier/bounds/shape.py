@@ -11,6 +11,7 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from onnx2torch.node_converters import (
     cast,
     concat,
@@ -194,10 +195,24 @@ def _single_variable_first(builder, module, args) -> None:
 @register(identity.OnnxCopyIdentity, "Identity")
 @register(nn.Dropout, "Dropout")
 @register(OnnxDropoutDynamic, "Dropout")
+@register(torch.flatten)
+@register(torch.reshape)
+@register(torch.squeeze)
+@register(torch.unsqueeze)
+@register(torch.Tensor.view)
+@register(torch.Tensor.contiguous)
 def reshape_like(builder, module, args):
     _single_variable_first(builder, module, args)
     out = builder.evaluate(module, args)
     return builder.add(Reshape(args[0].shape, out.shape), [args[0]])
+
+
+@register(F.dropout)
+def dropout_function_factory(builder, function, args):
+    x, _, training = (list(args) + [0.5, True])[:3]
+    if training:
+        raise Unsupported("dropout in training mode (put the module in eval mode)")
+    return x
 
 
 @register(transpose.OnnxTranspose, "Transpose")
@@ -207,8 +222,9 @@ def transpose_factory(builder, module, args):
     return builder.add(Transpose(perm), [args[0]])
 
 
-def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, ...]]]:
-    """(index, fill, out_shape) per output of a module that only selects or fills elements."""
+def _selection(builder, module, args) -> tuple[list[tuple[Tensor, Tensor, tuple[int, ...]]], bool]:
+    """(index, fill, out_shape) per output of a module that only selects or fills elements, and
+    whether it gives several outputs (a tuple) rather than one tensor."""
     shape = args[0].shape
     numel = 1
     for size in shape:
@@ -217,6 +233,7 @@ def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, .
     constants = [builder.constant_value(a) for a in args[1:]]
     plus = module(positions, *constants)
     minus = module(-positions, *constants)
+    several = isinstance(plus, (tuple, list))
     plus = list(plus) if isinstance(plus, (tuple, list)) else [plus]
     minus = list(minus) if isinstance(minus, (tuple, list)) else [minus]
     results = []
@@ -229,7 +246,7 @@ def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, .
         index = torch.where(selected, p - 1, -1).long().reshape(-1)
         fill = torch.where(filled, p, 0).reshape(-1).to(builder.dtype)
         results.append((index, fill, tuple(p.shape)))
-    return results
+    return results, several
 
 
 @register(onnx_slice.OnnxSlice, "Slice")
@@ -249,18 +266,35 @@ def _selection(builder, module, args) -> list[tuple[Tensor, Tensor, tuple[int, .
 @register(tile.OnnxTile, "Tile")
 @register(split.OnnxSplit, "Split")
 @register(split.OnnxSplit13, "Split")
+@register(torch.permute)
+@register(torch.transpose)
+@register(torch.t)
+@register(torch.Tensor.expand)
+@register(torch.Tensor.repeat)
+@register(torch.split)
+@register(torch.chunk)
+@register(F.pad)
 def select_factory(builder, module, args):
     _single_variable_first(builder, module, args)
-    outputs = [builder.add(Select(index, fill, args[0].shape, shape), [args[0]])
-               for index, fill, shape in _selection(builder, module, args)]
-    return outputs[0] if len(outputs) == 1 and not isinstance(module, (split.OnnxSplit, split.OnnxSplit13)) \
-        else tuple(outputs)
+    selections, several = _selection(builder, module, args)
+    outputs = [builder.add(Select(index, fill, args[0].shape, shape), [args[0]]) for index, fill, shape in selections]
+    return tuple(outputs) if several else outputs[0]
 
 
 @register(concat.OnnxConcat, "Concat")
 def concat_factory(builder, module, args):
-    rank = len(builder.shape_of(args[0]))
-    axis = module.axis % rank
+    return _concat(builder, args, module.axis)
+
+
+@register(torch.cat)
+@register(torch.concat)
+def cat_function_factory(builder, function, args):
+    parts, axis = (list(args) + [0])[:2]
+    return _concat(builder, list(parts), axis)
+
+
+def _concat(builder, args, axis: int):
+    axis = axis % len(builder.shape_of(args[0]))
     parts = [a.shape if builder.is_variable(a) else builder.constant_value(a) for a in args]
     return builder.add(Concat(axis, parts), _variables(builder, args))
 
@@ -268,13 +302,18 @@ def concat_factory(builder, module, args):
 @register(operator.getitem)
 def getitem_factory(builder, function, args):
     container, index = args
-    if not isinstance(container, tuple):
-        raise Unsupported("indexing into a single tensor")
-    return container[index]
+    if isinstance(container, tuple):
+        return container[index]
+    return select_factory(builder, function, args)  # indexing into a tensor: a slice or a selection
 
 
 @register(onnx_shape.OnnxShape, "Shape")
+@register(torch.Tensor.size)
+@register(torch.Tensor.dim)
+@register(getattr)
 def shape_factory(builder, module, args):
+    if module is getattr and args[1] not in ("shape", "ndim", "dtype", "device"):
+        raise Unsupported(f"the attribute '{args[1]}' of a tensor")
     return builder.evaluate(module, args)  # static per-sample shapes make Shape a constant
 
 

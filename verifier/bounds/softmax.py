@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
 from torch import nn
 
@@ -64,3 +66,11 @@ def softmax_legacy_factory(builder, module, args):
     return builder.add(Reshape(flat_shape, x.shape), [out])
 
 
+@register(F.softmax)
+@register(torch.softmax)
+@register(torch.Tensor.softmax)
+def softmax_function_factory(builder, function, args):
+    x, axis = (list(args) + [None])[:2]
+    if axis is None:
+        raise Unsupported("softmax without a dim")
+    return _softmax(builder, x, int(axis) % len(x.shape))

@@ -1,0 +1,332 @@
+"""The library API: `verifier.BoundedModule(model, x).compute_bounds(...)`.
+
+Sampled soundness for every norm and method (points on the ball's surface, inside it, and pushed
+to the extremes of the bounds by projected gradient steps), exactness on linear models, gradients
+(gradcheck in float64 for inputs and parameters), the functional forms of torch.fx traces against
+the ONNX export of the same module, and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import verifier
+from verifier.bounds.core import Ball
+from verifier.errors import UserError
+
+NORMS = (math.inf, 2, 1)
+METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+
+
+class Functional(nn.Module):
+    """Written with function calls only, as users write models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.weight = nn.Parameter(torch.randn(3 * 6 * 6, 8) * 0.2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        y = torch.flatten(y, 1) @ self.weight
+        z = x.view(x.size(0), -1)[:, :8]
+        y = torch.cat([torch.relu(y), torch.sigmoid(z) * 2 - 1], dim=1)
+        return self.head(y + 0.5 * y)
+
+
+def _mlp(dtype=torch.float32, activation=nn.ReLU) -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 12), activation(), nn.Linear(12, 8), activation(), nn.Linear(8, 3)).to(dtype)
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(16, 5))
+
+
+def _sphere_points(center: torch.Tensor, eps: float, norm: float, count: int, generator, inside: bool):
+    """`count` points per batch entry on the ball's surface (or uniform radius inside)."""
+    shape = (count, *center.shape)
+    if norm == math.inf:
+        direction = torch.rand(shape, generator=generator) * 2 - 1
+        if not inside:
+            direction = direction.sign()
+    elif norm == 2:
+        direction = torch.randn(shape, generator=generator)
+    else:  # a Laplace draw normalised in L1 is uniform on the L1 sphere
+        direction = -torch.log(torch.rand(shape, generator=generator)) * torch.randn(shape, generator=generator).sign()
+    flat = direction.reshape(count, center.shape[0], -1)
+    if norm != math.inf:
+        flat = flat / torch.linalg.vector_norm(flat, ord=norm, dim=-1, keepdim=True)
+    if inside:
+        flat = flat * torch.rand(count, center.shape[0], 1, generator=generator)
+    return center.unsqueeze(0) + eps * flat.reshape(shape).to(center.dtype)
+
+
+def _project(delta: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+    """Onto the ball of radius eps around 0, per batch entry (L1: by scaling, which stays inside)."""
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == math.inf:
+        return flat.clamp(-eps, eps).reshape(delta.shape)
+    size = torch.linalg.vector_norm(flat, ord=norm, dim=-1, keepdim=True)
+    return (flat * torch.clamp(eps / size.clamp(min=1e-30), max=1.0)).reshape(delta.shape)
+
+
+def _pushed_points(model: nn.Module, center: torch.Tensor, eps: float, norm: float, generator, steps: int = 30):
+    """Points driven towards the smallest and largest value of each output by projected steps."""
+    outputs = model(center).reshape(center.shape[0], -1).shape[1]
+    points = []
+    for row in range(outputs):
+        for sign in (1.0, -1.0):
+            delta = _project(torch.randn(center.shape, generator=generator) * eps, eps, norm)
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                value = sign * model(center + delta).reshape(center.shape[0], -1)[:, row].sum()
+                (gradient,) = torch.autograd.grad(value, delta)
+                with torch.no_grad():
+                    flat = gradient.reshape(gradient.shape[0], -1)
+                    if norm == math.inf:
+                        step = flat.sign()
+                    elif norm == 2:
+                        step = flat / flat.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+                    else:  # the L1 ball's steepest step moves the largest coordinate
+                        step = torch.zeros_like(flat).scatter_(1, flat.abs().argmax(1, keepdim=True), 1.0) \
+                            * flat.sign()
+                    delta = _project(delta + 0.2 * eps * step.reshape(delta.shape), eps, norm)
+            points.append(center + delta.detach())
+    return torch.stack(points)
+
+
+def _assert_inside(model, points, lower, upper, label):
+    with torch.no_grad():
+        values = model(points.reshape(-1, *points.shape[2:])).reshape(points.shape[0], points.shape[1], -1)
+    slack = 1e-4 * (1 + values.abs())
+    below = (values < lower.unsqueeze(0) - slack).any()
+    above = (values > upper.unsqueeze(0) + slack).any()
+    assert not bool(below) and not bool(above), f"{label}: a sampled output lies outside the bounds"
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("make", [_mlp, lambda: _mlp(activation=nn.Sigmoid), _cnn, Functional],
+                         ids=["relu-mlp", "sigmoid-mlp", "cnn", "functional"])
+def test_sampled_outputs_lie_inside_the_bounds(make, method, norm):
+    torch.manual_seed(1)
+    model = make().eval()
+    shape = (5,) if isinstance(model, nn.Sequential) and isinstance(model[0], nn.Linear) else (1, 8, 8)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, *shape, generator=generator)
+    eps = {math.inf: 0.1, 2: 0.4, 1: 0.8}[norm]
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=eps, norm=norm, method=method)
+    assert lower.shape == upper.shape == (2, model(x).reshape(2, -1).shape[1])
+    for inside in (False, True):
+        _assert_inside(model, _sphere_points(x, eps, norm, 300, generator, inside), lower, upper,
+                       f"{method} L{norm} {'inside' if inside else 'surface'}")
+    _assert_inside(model, _pushed_points(model, x, eps, norm, generator), lower, upper, f"{method} L{norm} pushed")
+
+
+def test_the_dual_norm_is_what_makes_ball_bounds_sound(monkeypatch):
+    """Mutation: concretising an L2 ball with the L-inf norm (the dual of L1, smaller than L2's own
+    dual) is caught by the sampled check; a larger norm than the dual would only be loose."""
+    torch.manual_seed(3)
+    model = _mlp().eval()
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, generator=generator)
+    monkeypatch.setattr(Ball, "dual_norm", property(lambda self: math.inf))
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.4, norm=2, method="crown")
+    with pytest.raises(AssertionError, match="outside the bounds"):
+        _assert_inside(model, _pushed_points(model, x, 0.4, 2, generator), lower, upper, "mutated")
+
+
+@pytest.mark.parametrize("norm", [2, 1])
+def test_linear_model_bounds_equal_the_closed_form(norm):
+    """w.x + b +- eps ||w||_dual, for every method but IBP beyond the first layer (all exact here)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    eps = 0.37
+    weight = model[1].weight @ model[0].weight
+    dual = {2: 2, 1: math.inf}[norm]
+    center = model(x)
+    radius = eps * torch.linalg.vector_norm(weight, ord=dual, dim=1)
+    net = verifier.BoundedModule(model, x)
+    for method in ("crown", "crown-ibp", "alpha-crown"):
+        lower, upper = net.compute_bounds(x, eps=eps, norm=norm, method=method)
+        assert torch.allclose(lower, center - radius, atol=1e-5), method
+        assert torch.allclose(upper, center + radius, atol=1e-5), method
+
+
+def test_ibp_bounds_the_first_layer_over_the_ball_itself():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(6, 4)).double()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.5, norm=2, method="ibp")
+    radius = 0.5 * model[0].weight.norm(dim=1)
+    assert torch.allclose(upper - lower, 2 * radius.expand(2, -1), atol=1e-9)
+
+
+class _Given(nn.Module):
+    """A ReLU network whose tensors are given (buffers), so that gradcheck can vary them."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__()
+        for index, tensor in enumerate(tensors):
+            self.register_buffer(f"t{index}", tensor)
+
+    def forward(self, x):
+        return F.linear(torch.relu(F.linear(x, self.t0, self.t1)), self.t2, self.t3)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_gradcheck_inputs_and_parameters(method, norm):
+    generator = torch.Generator().manual_seed(7)
+    tensors = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in ((6, 3), (6,), (2, 6), (2,))]
+    x = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+
+    def bounds(point, *weights):
+        net = verifier.BoundedModule(_Given(*weights), point.detach())
+        return torch.cat(net.compute_bounds(point, eps=0.4, norm=norm, method=method), dim=1)
+
+    inputs = [x, *tensors]
+    inputs = [t.clone().requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(bounds, tuple(inputs), atol=1e-6)
+
+
+def test_training_moves_the_bounds_and_gradients_reach_every_layer():
+    torch.manual_seed(8)
+    model = _mlp()
+    x = torch.randn(4, 5)
+    net = verifier.BoundedModule(model, x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    widths = []
+    for _ in range(5):
+        lower, upper = net.compute_bounds(x, eps=0.1, method="crown-ibp")
+        loss = (upper - lower).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+        optimizer.step()
+        widths.append(float(loss.detach()))
+    assert widths[-1] < widths[0]
+    with torch.no_grad():  # the cached network follows the parameters' updates
+        fresh = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.1, method="crown")
+        cached = net.compute_bounds(x, eps=0.1, method="crown")
+    assert torch.equal(fresh[0], cached[0]) and torch.equal(fresh[1], cached[1])
+
+
+def test_alpha_crown_search_leaves_parameter_gradients_alone():
+    torch.manual_seed(9)
+    model = _mlp()
+    x = torch.randn(2, 5)
+    net = verifier.BoundedModule(model, x)
+    with torch.no_grad():
+        net.compute_bounds(x, eps=0.3, method="alpha-crown")
+    assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
+    lower, upper = net.compute_bounds(x, eps=0.3, method="alpha-crown")
+    crown = net.compute_bounds(x, eps=0.3, method="crown")
+    assert bool((lower >= crown[0] - 1e-5).all()) and bool((upper <= crown[1] + 1e-5).all())
+    (upper - lower).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_specification_rows():
+    torch.manual_seed(10)
+    model = _mlp().eval()
+    x = torch.randn(2, 5)
+    net = verifier.BoundedModule(model, x)
+    C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]).expand(2, 2, 3)
+    lower, upper = net.compute_bounds(x, eps=0.2, method="crown", C=C)
+    assert lower.shape == (2, 2)
+    points = _sphere_points(x, 0.2, math.inf, 500, torch.Generator().manual_seed(1), inside=False)
+    with torch.no_grad():
+        values = torch.einsum("brk,pbk->pbr", C, model(points.reshape(-1, 5)).reshape(500, 2, 3))
+    assert bool((values >= lower - 1e-5).all() and (values <= upper + 1e-5).all())
+    plain_lower, plain_upper = net.compute_bounds(x, eps=0.2, method="crown")
+    # the margin bound is tighter than the difference of the outputs' own bounds
+    assert bool((lower[:, 0] >= plain_lower[:, 0] - plain_upper[:, 1] - 1e-6).all())
+
+
+def test_intermediate_bounds_hold_every_node():
+    torch.manual_seed(11)
+    model = _mlp().eval()
+    x = torch.randn(2, 5)
+    net = verifier.BoundedModule(model, x)
+    net.compute_bounds(x, eps=0.2, method="crown")
+    bounds = net.intermediate_bounds()
+    labels = list(bounds)
+    assert labels[0] == "0: input" and any("Linear" in label for label in labels) and len(labels) == 6
+    hidden = model[1](model[0](x))
+    relu_lower, relu_upper = bounds[labels[2]]
+    assert relu_lower.shape == (2, 1, 12)
+    assert bool((hidden.unsqueeze(1) >= relu_lower - 1e-6).all() and (hidden.unsqueeze(1) <= relu_upper + 1e-6).all())
+
+
+def test_box_region():
+    model = _mlp().eval()
+    lower_in, upper_in = -torch.ones(1, 5), torch.ones(1, 5)
+    net = verifier.BoundedModule(model, lower_in)
+    box = net.compute_bounds(lower=lower_in, upper=upper_in, method="crown")
+    ball = net.compute_bounds(torch.zeros(1, 5), eps=1.0, method="crown")
+    assert torch.allclose(box[0], ball[0]) and torch.allclose(box[1], ball[1])
+
+
+def test_functional_module_is_bounded_like_its_onnx_export(tmp_path):
+    torch.manual_seed(12)
+    model = Functional().eval()
+    x = torch.rand(2, 1, 8, 8)
+    path = tmp_path / "functional.onnx"
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, x[:1], buffer, dynamo=False)
+        except Exception as error:  # noqa: BLE001 - the exporter is optional for this comparison
+            pytest.skip(f"torch.onnx.export is unavailable here: {error}")
+    path.write_bytes(buffer.getvalue())
+    traced = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.05, method="crown")
+    exported = verifier.BoundedModule(str(path)).compute_bounds(x, eps=0.05, method="crown")
+    assert torch.allclose(traced[0], exported[0], atol=1e-5) and torch.allclose(traced[1], exported[1], atol=1e-5)
+
+
+def test_unsupported_code_names_the_operation_and_the_line():
+    class Sorting(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
+    with pytest.raises(UserError, match=r"cumsum.*test_api\.py:\d+"):
+        verifier.BoundedModule(Sorting(), torch.rand(1, 4)).compute_bounds(torch.rand(1, 4), eps=0.1)
+
+
+def test_untraceable_code_is_one_user_error():
+    class Branching(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(UserError, match="torch.fx cannot trace"):
+        verifier.BoundedModule(Branching(), torch.rand(1, 4))
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"eps": 0.1, "norm": 3}, "norm 3"),
+    ({"eps": 0.1, "method": "magic"}, "method 'magic'"),
+    ({"eps": -0.1}, "negative"),
+    ({}, "either x and eps"),
+])
+def test_bad_arguments_are_one_line_value_errors(arguments, message):
+    net = verifier.BoundedModule(_mlp(), torch.rand(1, 5))
+    with pytest.raises(ValueError, match=message):
+        net.compute_bounds(torch.rand(1, 5), **arguments)
+
+
+def test_wrong_input_shape_is_named():
+    net = verifier.BoundedModule(_mlp(), torch.rand(1, 5))
+    with pytest.raises(ValueError, match=r"x: expected a batch \[B, 5\]"):
+        net.compute_bounds(torch.rand(1, 4), eps=0.1)
