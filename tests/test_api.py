@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,3 +331,11 @@ def test_wrong_input_shape_is_named():
     net = verifier.BoundedModule(_mlp(), torch.rand(1, 5))
     with pytest.raises(ValueError, match=r"x: expected a batch \[B, 5\]"):
         net.compute_bounds(torch.rand(1, 4), eps=0.1)
+
+
+def test_the_readme_library_example_runs(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Library", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    assert capsys.readouterr().out.strip() == "torch.Size([4, 10]) True"
