@@ -82,7 +82,7 @@ def train(model: nn.Module, data: tuple[Tensor, Tensor], certified: bool, epochs
     for epoch in range(epochs):
         started = time.perf_counter()
         progress = min(1.0, max(0.0, (epoch - warmup + 1) / ramp))  # 0 during warm-up, 1 after the ramp
-        epoch_eps, kappa, beta = eps * progress, 1 - 0.5 * progress, 1 - progress
+        epoch_eps, kappa, beta = (eps * progress if certified else 0.0), 1 - 0.5 * progress, 1 - progress
         order = torch.randperm(len(x), generator=generator)
         totals = {"loss": 0.0, "correct": 0, "verified": 0}
         for start in range(0, len(x), 64):
@@ -108,7 +108,8 @@ def train(model: nn.Module, data: tuple[Tensor, Tensor], certified: bool, epochs
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 40, restarts: int = 3) -> float:
-    robust = torch.ones(len(x), dtype=torch.bool)
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
     generator = torch.Generator().manual_seed(1)
     lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     for _ in range(restarts):
@@ -174,7 +175,7 @@ def plot(log: list[dict], path: Path) -> None:
         left.plot(epochs, [r["loss"] for r in rows], style, label=f"{name} training loss")
         right.plot(epochs, [r["clean"] for r in rows], style, label=f"{name}: clean (train)")
         if name == "certified":
-            right.plot(epochs, [r["verified"] for r in rows], ":", label="certified: bound-verified (train)")
+            right.plot(epochs, [r["verified"] for r in rows], ":", label="certified: bound-verified at the epoch's eps")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
@@ -219,9 +220,10 @@ def main() -> None:
         verdicts = complete_verification(model, test_x[:count], test_y[:count], args.eps, args.out / name,
                                          args.timeout)
         results[name] = (clean, pgd, crown, verdicts["unsat"] / count, verdicts)
-    print(f"\ntest split, eps {args.eps} (L-inf, pixels in [0, 1]):")
-    print(f"{'model':10} {'clean':>7} {'PGD':>7} {'CROWN':>7} {'verified':>9}  verdicts of `verify` "
-          f"(first {min(args.verify, len(test_x))} images)")
+    count = min(args.verify, len(test_x))
+    print(f"\ntest split, eps {args.eps} (L-inf, pixels in [0, 1]); clean, PGD and CROWN over all "
+          f"{len(test_x)} test images, verified and the verdicts over the first {count}:")
+    print(f"{'model':10} {'clean':>7} {'PGD':>7} {'CROWN':>7} {'verified':>9}  verdicts of `verify`")
     for name, (clean, pgd, crown, verified, verdicts) in results.items():
         print(f"{name:10} {clean:7.3f} {pgd:7.3f} {crown:7.3f} {verified:9.3f}  {verdicts}")
     plot(log, args.out / "training.png")
