@@ -339,3 +339,26 @@ def test_the_readme_library_example_runs(capsys):
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
     assert capsys.readouterr().out.strip() == "torch.Size([4, 10]) True"
+
+
+class _Methods(nn.Module):
+    """Method-call spellings, which the trace maps to the torch functions of the same name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.randn(5, 6) * 0.5)
+
+    def forward(self, x):
+        y = x.matmul(self.weight).relu().add(0.1)
+        y = y.clamp(min=0.05).clamp(max=0.9).mul(2).sub(x.flatten(1)[:, :1]).neg()
+        return torch.tanh(y).softmax(dim=1)
+
+
+def test_method_calls_and_keyword_operands_are_bounded():
+    torch.manual_seed(13)
+    model = _Methods()
+    x = torch.randn(2, 5)
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.2, method="crown")
+    points = _sphere_points(x, 0.2, math.inf, 400, torch.Generator().manual_seed(2), inside=True)
+    _assert_inside(model, points, lower, upper, "methods")
+    assert bool((upper - lower < 1).all())  # softmax outputs: bounded inside [0, 1]

@@ -231,7 +231,6 @@ class Sign(Elementwise):
 @register(nn.ReLU, "Relu")
 @register(torch.relu)
 @register(F.relu)
-@register(torch.Tensor.relu)
 def relu_factory(builder, module, args):
     return builder.add(ReLU(), [args[0]])
 
@@ -239,7 +238,6 @@ def relu_factory(builder, module, args):
 @register(nn.Sigmoid, "Sigmoid")
 @register(torch.sigmoid)
 @register(F.sigmoid)
-@register(torch.Tensor.sigmoid)
 def sigmoid_factory(builder, module, args):
     return builder.add(Sigmoid(), [args[0]])
 
@@ -247,7 +245,6 @@ def sigmoid_factory(builder, module, args):
 @register(nn.Tanh, "Tanh")
 @register(torch.tanh)
 @register(F.tanh)
-@register(torch.Tensor.tanh)
 def tanh_factory(builder, module, args):
     return builder.add(Tanh(), [args[0]])
 
@@ -299,8 +296,6 @@ def clip_factory(builder, module, args):
 
 @register(torch.clamp)
 @register(torch.clip)
-@register(torch.Tensor.clamp)
-@register(torch.Tensor.clip)
 @register(F.hardtanh)
 @register(F.relu6)
 def clamp_function_factory(builder, function, args):

@@ -136,11 +136,10 @@ def binary_factory(builder, module, args):
     return _binary(builder, module.math_op_function.__name__, first, second)
 
 
-# The functional forms of a torch.fx trace, by the name of the ONNX operation each one is.
-_BINARY_FUNCTIONS = {operator.add: "add", torch.add: "add", torch.Tensor.add: "add",
-                     operator.sub: "sub", torch.sub: "sub", torch.Tensor.sub: "sub",
-                     operator.mul: "mul", torch.mul: "mul", torch.Tensor.mul: "mul",
-                     operator.truediv: "_onnx_div", torch.div: "_onnx_div", torch.Tensor.div: "_onnx_div"}
+# The functional forms of a torch.fx trace (a method call x.add(y) reaches torch.add), by the
+# name of the ONNX operation each one is.
+_BINARY_FUNCTIONS = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
+                     operator.mul: "mul", torch.mul: "mul", operator.truediv: "_onnx_div", torch.div: "_onnx_div"}
 
 
 def binary_function_factory(builder, function, args):
@@ -189,7 +188,6 @@ def _two_variables(builder, op: str, first, second):
 @register(OnnxNeg, "Neg")
 @register(operator.neg)
 @register(torch.neg)
-@register(torch.Tensor.neg)
 def neg_factory(builder, module, args):
     return affine(builder, args[0], scale=-torch.ones(()))
 

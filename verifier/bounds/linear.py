@@ -255,7 +255,6 @@ def matmul_factory(builder, module, args):
 
 @register(operator.matmul)
 @register(torch.matmul)
-@register(torch.Tensor.matmul)
 def matmul_function_factory(builder, function, args):
     return _matmul(builder, *args)
 
