@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import verifier
-from verifier.bounds.core import Ball
+from verifier.bounds.core import BallPart, Interval
 from verifier.errors import UserError
 
 NORMS = (math.inf, 2, 1)
@@ -140,7 +140,7 @@ def test_the_dual_norm_is_what_makes_ball_bounds_sound(monkeypatch):
     model = _mlp().eval()
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(2, 5, generator=generator)
-    monkeypatch.setattr(Ball, "dual_norm", property(lambda self: math.inf))
+    monkeypatch.setattr(BallPart, "dual_norm", property(lambda self: math.inf))
     lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.4, norm=2, method="crown")
     with pytest.raises(AssertionError, match="outside the bounds"):
         _assert_inside(model, _pushed_points(model, x, 0.4, 2, generator), lower, upper, "mutated")
@@ -362,3 +362,99 @@ def test_method_calls_and_keyword_operands_are_bounded():
     points = _sphere_points(x, 0.2, math.inf, 400, torch.Generator().manual_seed(2), inside=True)
     _assert_inside(model, points, lower, upper, "methods")
     assert bool((upper - lower < 1).all())  # softmax outputs: bounded inside [0, 1]
+
+
+def _with_parameters(model: nn.Module, values: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return torch.func.functional_call(model, values, (x,))
+
+
+def _weight_samples(model, names, radius, norm, count, generator):
+    """`count` parameter draws inside each named parameter's ball (surface for half of them)."""
+    draws = []
+    for draw in range(count):
+        values = {}
+        for name in names:
+            center = dict(model.named_parameters())[name].detach()
+            point = _sphere_points(center.reshape(1, -1), radius, norm, 1, generator, inside=draw % 2 == 0)
+            values[name] = point.reshape(center.shape)
+        draws.append(values)
+    return draws
+
+
+@pytest.mark.parametrize("weight_norm", [math.inf, 2])
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+def test_perturbed_weights_sampled_soundness(weight_norm, eps):
+    torch.manual_seed(14)
+    model = _mlp().eval()
+    generator = torch.Generator().manual_seed(15)
+    x = torch.randn(2, 5, generator=generator)
+    names = ["0.weight", "2.bias", "4.weight"]
+    weights = dict.fromkeys(names, 0.05)
+    net = verifier.BoundedModule(model, x)
+    for method in ("ibp", "crown", "alpha-crown"):
+        lower, upper = net.compute_bounds(x, eps=eps, weights=weights, weight_norm=weight_norm, method=method)
+        with torch.no_grad():
+            for values in _weight_samples(model, names, 0.05, weight_norm, 60, generator):
+                points = _sphere_points(x, eps, math.inf, 5, generator, inside=False) if eps else x.unsqueeze(0)
+                out = _with_parameters(model, values, points.reshape(-1, 5)).reshape(points.shape[0], 2, -1)
+                assert bool((out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()), method
+
+
+def test_last_layer_weight_box_is_exact_for_a_fixed_input():
+    """z = W h + b with W in a box of radius r: z_j ranges over W_j h +- r ||h||_1, exactly."""
+    torch.manual_seed(16)
+    model = _mlp(torch.float64).eval()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.0, weights={"4.weight": 0.1})
+    hidden = model[:4](x)
+    radius = 0.1 * hidden.abs().sum(1, keepdim=True)
+    assert torch.allclose(lower, model(x) - radius, atol=1e-6) and torch.allclose(upper, model(x) + radius, atol=1e-6)
+
+
+def test_a_dropped_weight_region_is_caught(monkeypatch):
+    """Mutation: the weights' region shrunk to their values (only the input varies) is caught."""
+    torch.manual_seed(17)
+    model = _mlp().eval()
+    generator = torch.Generator().manual_seed(18)
+    x = torch.randn(2, 5, generator=generator)
+    joint = verifier.api._joint
+
+    def without_weights(regions):
+        return joint([regions[0]] + [Interval(r.center, r.center) for r in regions[1:]])
+
+    monkeypatch.setattr(verifier.api, "_joint", without_weights)
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.0, weights={"4.weight": 0.2})
+    with torch.no_grad():
+        outputs = torch.stack([_with_parameters(model, values, x)
+                               for values in _weight_samples(model, ["4.weight"], 0.2, math.inf, 40, generator)])
+    assert not bool((outputs >= lower - 1e-5).all() and (outputs <= upper + 1e-5).all())
+
+
+def test_weight_perturbation_errors():
+    net = verifier.BoundedModule(_cnn(), torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="'nope' is not a parameter"):
+        net.compute_bounds(torch.rand(1, 1, 8, 8), eps=0.0, weights={"nope": 0.1})
+    with pytest.raises(UserError, match="perturbed convolution weight"):
+        net.compute_bounds(torch.rand(1, 1, 8, 8), eps=0.0, weights={"0.weight": 0.1})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fused_loss_bounds_the_cross_entropy(method):
+    torch.manual_seed(19)
+    model = _mlp().eval()
+    generator = torch.Generator().manual_seed(20)
+    x = torch.randn(3, 5, generator=generator)
+    labels = torch.tensor([0, 2, 1])
+    net = verifier.BoundedModule(model, x)
+    bound = net.robust_loss(x, labels, eps=0.1, method=method)
+    assert bound.shape == (3,)
+    points = torch.cat([_sphere_points(x, 0.1, math.inf, 300, generator, inside=False),
+                        _pushed_points(model, x, 0.1, math.inf, generator)])
+    with torch.no_grad():
+        losses = F.cross_entropy(model(points.reshape(-1, 5)), labels.repeat(points.shape[0]), reduction="none")
+    assert bool((losses.reshape(points.shape[0], 3) <= bound + 1e-5).all())
+    clean = F.cross_entropy(model(x), labels, reduction="none")
+    assert bool((bound >= clean - 1e-6).all())
+    if method != "alpha-crown":
+        bound.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())

@@ -1,4 +1,4 @@
-"""The library: bounds of a torch module or an ONNX model over a region of its inputs.
+"""The library: bounds of a torch module or an ONNX model over a region of its inputs and weights.
 
     net = verifier.BoundedModule(model, example_input)
     lower, upper = net.compute_bounds(x, eps=0.03, norm=float("inf"), method="crown")
@@ -13,19 +13,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from verifier.bounds.core import Ball, Interval
+from verifier.bounds.core import Ball, BallPart, Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.bounds.relaxation import AlphaStore
 from verifier.graph import build_network
 from verifier.load import LoadedModel, load_model
-from verifier.output_bounds import OutputBounds, bound_outputs, combined_bounds
+from verifier.output_bounds import OutputBounds, bound_outputs, combined_bounds, output_rows
 from verifier.settings import AlphaSettings
 from verifier.trace import trace_module
 
@@ -34,7 +34,8 @@ NORMS = (1.0, 2.0, math.inf)
 
 
 class BoundedModule:
-    """A model whose outputs can be bounded over L-inf, L2 and L1 balls and over boxes.
+    """A model whose outputs can be bounded over L-inf, L2 and L1 balls and boxes of its input,
+    and over perturbations of chosen parameters.
 
     `model` is a torch.nn.Module (traced with torch.fx on `example_input`, a batch [B, *shape])
     or the path of an ONNX file (whose declared input shape is used; `example_input` is then
@@ -45,7 +46,7 @@ class BoundedModule:
     def __init__(self, model: nn.Module | str | os.PathLike, example_input: Tensor | None = None) -> None:
         if isinstance(model, (str, os.PathLike)):
             self._loaded: LoadedModel = load_model(os.fspath(model))
-            self._module: nn.Module | None = None
+            self._module: nn.Module = self._loaded.module
         elif isinstance(model, nn.Module):
             if example_input is None:
                 raise ValueError("example_input: a torch module needs an example input batch to be traced")
@@ -54,9 +55,9 @@ class BoundedModule:
             self._module = model
         else:
             raise TypeError(f"model: expected a torch.nn.Module or an ONNX path, got {type(model).__name__}")
-        self._network: Network | None = None
-        self._versions: tuple[int, ...] = ()
-        self._intermediate: list[Interval | None] = []
+        self._fused: LoadedModel | None = None  # the module with its cross-entropy, for robust_loss
+        self._built: dict[tuple, tuple[tuple[int, ...], Network]] = {}
+        self._last: tuple[Network, list[Interval | None]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -70,60 +71,106 @@ class BoundedModule:
 
     def compute_bounds(self, x: Tensor | None = None, eps: float | Tensor | None = None, norm: float = math.inf,
                        method: str = "crown", C: Tensor | None = None, lower: Tensor | None = None,
-                       upper: Tensor | None = None, alpha: AlphaSettings | None = None) -> tuple[Tensor, Tensor]:
+                       upper: Tensor | None = None, weights: Mapping[str, float | Tensor] | None = None,
+                       weight_norm: float = math.inf, bound_lower: bool = True, bound_upper: bool = True,
+                       alpha: AlphaSettings | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Lower and upper bounds [B, outputs] of the flattened outputs, or [B, rows] of `C @ output`
         with a specification `C` [B, rows, outputs], over the Lp ball of radius `eps` around each
         `x` [B, *input_shape] (`norm` inf, 2 or 1), or over the box `lower` <= x <= `upper`.
 
-        `method`: "ibp", "crown", "crown-ibp" (IBP intermediate bounds, CROWN at the output) or
-        "alpha-crown" (optimised relaxations, `alpha` configures the search). The bounds hold in
-        floating point for the model as it computes in its dtype.
+        `weights` maps names of the module's parameters (as `named_parameters` gives them) to a
+        radius: each then varies in its own ball of that radius and of `weight_norm` around its
+        value, together with the input (give `eps=0` for the weights alone). Only weights of
+        linear layers (and biases) may vary. `method`: "ibp", "crown", "crown-ibp" (IBP
+        intermediate bounds, CROWN at the output) or "alpha-crown" (optimised relaxations,
+        `alpha` configures the search). A side not asked for (`bound_lower`, `bound_upper`) is
+        None and costs nothing. The bounds hold in floating point for the model as it computes in
+        its dtype.
         """
         if method not in METHODS:
             raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
         region = self._region(x, eps, norm, lower, upper)
-        spec = self._spec(C, region.lower.shape[0], region.lower)
-        gradients = torch.is_grad_enabled() and (region.lower.requires_grad or self._trainable())
-        network = self._current_network(gradients)
-        if method == "alpha-crown":
-            result = self._alpha_crown(network, region, spec, alpha or AlphaSettings(), gradients)
-        else:
-            result = bound_outputs(network, region, method, spec=spec)
-        self._intermediate = result.intermediate
+        names, radii = self._perturbed(weights)
+        cases = region.lower.shape[0]
+        spec = self._spec(C, cases, region.lower)
+        parameters = dict(self._module.named_parameters())
+        regions = [region] + [_ball(parameters[name].unsqueeze(0).expand(cases, *parameters[name].shape), radius,
+                                    weight_norm, f"weights['{name}']") for name, radius in zip(names, radii)]
+        result = self._bound(self._loaded, [parameters[name] for name in names], regions, method, spec,
+                             (bound_lower, bound_upper), alpha)
         return result.lower, result.upper
 
+    def robust_loss(self, x: Tensor | None, labels: Tensor, eps: float | Tensor | None = None, norm: float = math.inf,
+                    method: str = "crown-ibp", lower: Tensor | None = None, upper: Tensor | None = None,
+                    alpha: AlphaSettings | None = None) -> Tensor:
+        """An upper bound [B] of the cross-entropy loss of each sample over its input region (as in
+        `compute_bounds`), for a classifier with `labels` [B] (class indices).
+
+        The loss is part of the bounded graph (loss fusion: log sum_j exp(z_j - z_y), one row
+        per sample), so the cost does not grow with the number of classes as bounding every
+        margin z_y - z_j does.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
+        region = self._region(x, eps, norm, lower, upper)
+        cases = region.lower.shape[0]
+        if labels.shape != (cases,):
+            raise ValueError(f"labels: expected [B={cases}] class indices, got {tuple(labels.shape)}")
+        if self._fused is None:
+            example = region.lower[:1].reshape(1, *self._loaded.input_shape[1:])
+            with _eval_mode(self._module):
+                self._fused = trace_module(_CrossEntropy(self._module), example, torch.zeros(1, self.num_outputs))
+        onehot = torch.nn.functional.one_hot(labels, self.num_outputs).to(region.lower.dtype).reshape(cases, 1, -1)
+        result = self._bound(self._fused, [], [region, Interval(onehot, onehot)], method, None, (False, True), alpha)
+        return result.upper.reshape(cases)
+
     def intermediate_bounds(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """Every node's interval from the last `compute_bounds` call, by node label (the operation
-        and where the model computes it), each [B, *shape] with the leading batch axis."""
-        if not self._intermediate:
+        """Every node's interval from the last call, by node label (the operation and where the
+        model computes it), each [B, *shape] with the leading batch axis."""
+        if self._last is None:
             raise RuntimeError("intermediate_bounds(): call compute_bounds first")
-        nodes = self._network.nodes
-        return {f"{index}: {nodes[index].label}": (bound.lower, bound.upper)
-                for index, bound in enumerate(self._intermediate) if bound is not None}
+        network, bounds = self._last
+        return {f"{index}: {network.nodes[index].label}": (bound.lower, bound.upper)
+                for index, bound in enumerate(bounds) if bound is not None}
 
     # -- the pieces -----------------------------------------------------------------------
+
+    def _bound(self, loaded: LoadedModel, variables: list[Tensor], regions: list[Interval], method: str,
+               spec: Tensor | None, sides: tuple[bool, bool], alpha: AlphaSettings | None) -> OutputBounds:
+        region = _joint(regions)
+        gradients = torch.is_grad_enabled() and (any(r.lower.requires_grad for r in regions) or self._trainable())
+        network = self._network(loaded, variables, gradients)
+        if method == "alpha-crown":
+            result = self._alpha_crown(loaded, variables, network, region, spec, sides, alpha or AlphaSettings(),
+                                       gradients)
+        else:
+            result = bound_outputs(network, region, method, spec=spec, sides=sides)
+        self._last = (network, result.intermediate)
+        return result
 
     def _region(self, x: Tensor | None, eps, norm: float, lower: Tensor | None, upper: Tensor | None) -> Interval:
         shape = self._loaded.input_shape
         if eps is not None:
             if x is None or lower is not None or upper is not None:
                 raise ValueError("give either x and eps (a ball) or lower and upper (a box)")
-            if float(norm) not in NORMS:
-                raise ValueError(f"norm {norm}: expected float('inf'), 2 or 1")
-            point = self._as_batch(x, "x", shape)
-            radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
-            if bool((radius < 0).any()):
-                raise ValueError(f"eps {eps}: a radius cannot be negative")
-            if float(norm) == math.inf:
-                radius = radius.reshape(-1, *(1,) * len(shape)) if radius.dim() else radius
-                return Interval(point - radius, point + radius)
-            return Ball(point, radius, int(norm))
+            return _ball(self._as_batch(x, "x", shape), eps, norm, "eps")
         if lower is None or upper is None:
             raise ValueError("give either x and eps (a ball) or lower and upper (a box)")
         box = Interval(self._as_batch(lower, "lower", shape), self._as_batch(upper, "upper", shape))
         if bool((box.lower > box.upper).any()):
             raise ValueError("lower > upper somewhere: the box is empty")
         return box
+
+    def _perturbed(self, weights: Mapping[str, float | Tensor] | None) -> tuple[list[str], list]:
+        if not weights:
+            return [], []
+        known = dict(self._module.named_parameters())
+        for name in weights:
+            if name not in known:
+                raise ValueError(f"weights: '{name}' is not a parameter of the module "
+                                 f"(it has {', '.join(known) or 'none'})")
+        names = sorted(weights)
+        return names, [weights[name] for name in names]
 
     def _as_batch(self, value: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
         if not isinstance(value, Tensor) or value.dim() < 1 or value[0].numel() != math.prod(shape):
@@ -143,54 +190,97 @@ class BoundedModule:
 
     def _tensors(self) -> list[Tensor]:
         """The module's parameters and buffers: what the rules may hold."""
-        return [] if self._module is None else [*self._module.parameters(), *self._module.buffers()]
+        return [*self._module.parameters(), *self._module.buffers()]
 
-    def _current_network(self, gradients: bool) -> Network:
+    def _network(self, loaded: LoadedModel, variables: list[Tensor], gradients: bool) -> Network:
         """The Network for the module's current parameters: rebuilt when they have changed (their
         version counters moved) and, for gradients, at every call, so that the constants derived
         from them (a batch norm's scale) carry this step's autograd history."""
-        versions = self._parameter_versions()
-        if gradients or self._network is None or versions != self._versions:
-            with _eval_mode(self._module):
-                self._network = build_network(self._loaded, gradients=gradients)
-            self._versions = versions
-            if gradients:  # a network with autograd history is good for one backward pass only
-                self._versions = ()
-        return self._network
+        key = (id(loaded), *(id(v) for v in variables))
+        versions = tuple(t._version for t in self._tensors())
+        cached = self._built.get(key)
+        if not gradients and cached is not None and cached[0] == versions:
+            return cached[1]
+        with _eval_mode(self._module):
+            network = build_network(loaded, gradients=gradients, variables=variables)
+        if not gradients:  # one with autograd history is good for one backward pass only
+            self._built[key] = (versions, network)
+        return network
 
-    def _parameter_versions(self) -> tuple[int, ...]:
-        return tuple(t._version for t in self._tensors())
-
-    def _alpha_crown(self, network: Network, region: Interval, spec: Tensor | None, settings: AlphaSettings,
+    def _alpha_crown(self, loaded: LoadedModel, variables: list[Tensor], network: Network, region: Interval,
+                     spec: Tensor | None, sides: tuple[bool, bool], settings: AlphaSettings,
                      gradients: bool) -> OutputBounds:
         """The search runs with the module's parameters frozen (it must not write their .grad);
         with gradients, one more CROWN pass with the parameters it found gives the bound's
         autograd history, and the best bound of the search is shifted onto it."""
-        cases = region.lower.shape[0]
-        count = math.prod(network.output_shape)
-        rows = spec if spec is not None else torch.eye(count, dtype=network.dtype).expand(cases, count, count)
-        coeffs = torch.cat([rows, -rows], dim=1).reshape(cases, 2 * rows.shape[1], *network.output_shape)
-        detached = Interval(region.lower.detach(), region.upper.detach()) if not isinstance(region, Ball) \
-            else Ball(region.point.detach(), region.eps.detach(), region.norm)
+        coeffs = output_rows(network, region.lower.shape[0], spec, sides)
         with _frozen(self._module), torch.no_grad():
-            searched = optimize_bounds(network if not gradients else build_network(self._loaded),
-                                       detached, coeffs, settings)
+            searched = optimize_bounds(self._network(loaded, variables, False) if gradients else network,
+                                       _detached(region), coeffs, settings)
         if not gradients:
-            return combined_bounds(network, region, searched.intermediate, searched.bound, spec)
+            return combined_bounds(network, region, searched.intermediate, searched.bound, spec, sides)
         found = AlphaStore.holding({key: [p.detach() for p in group] for key, group in searched.alphas.params.items()})
         found.positions = searched.alphas.positions
         bounds = crown_bounds(network, region, found, reference=searched.intermediate)
         final = backward_bound(network, network.output, coeffs, bounds, found, "final")
         better = searched.bound.lower > final.lower
         final.lower = torch.where(better, final.lower + (searched.bound.lower - final.lower).detach(), final.lower)
-        return combined_bounds(network, region, bounds, final, spec)
+        return combined_bounds(network, region, bounds, final, spec, sides)
+
+
+class _CrossEntropy(nn.Module):
+    """The classifier's cross-entropy as a graph: log sum_j exp(z_j - z_y), with the label given
+    as a one-hot input [B, 1, classes]. The differences cancel the logits' common part before the
+    exponential, and the term j = y is exp(0) = 1, so the sum never underflows below 1."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, onehot: Tensor) -> Tensor:
+        logits = torch.flatten(self.model(x), 1)
+        target = torch.sum(logits * torch.flatten(onehot, 1), dim=1, keepdim=True)
+        return torch.log(torch.sum(torch.exp(logits - target), dim=1))
+
+
+def _ball(point: Tensor, eps: float | Tensor, norm: float, name: str) -> Interval:
+    """The Lp ball of radius `eps` (a float, or one per batch entry) around each `point` [B, *shape]."""
+    if float(norm) not in NORMS:
+        raise ValueError(f"norm {norm}: expected float('inf'), 2 or 1")
+    radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
+    if bool((radius < 0).any()):
+        raise ValueError(f"{name} {eps}: a radius cannot be negative")
+    if float(norm) != math.inf:
+        return Ball.around(point, radius, int(norm))
+    radius = radius.reshape(-1, *(1,) * (point.dim() - 1)) if radius.dim() else radius
+    return Interval(point - radius, point + radius)
+
+
+def _joint(regions: list[Interval]) -> Interval:
+    """One region over the flat concatenation of several inputs' regions (the layout of
+    graph.build_network's node 0 for several inputs)."""
+    if len(regions) == 1:
+        return regions[0]
+    batch = regions[0].lower.shape[0]
+    lower = torch.cat([r.lower.reshape(batch, -1) for r in regions], dim=1)
+    upper = torch.cat([r.upper.reshape(batch, -1) for r in regions], dim=1)
+    parts, offset = [], 0
+    for region in regions:
+        if isinstance(region, Ball):
+            parts += [BallPart(p.index + offset, p.point, p.eps, p.norm) for p in region.parts]
+        offset += region.lower[0].numel()
+    return Ball(lower, upper, parts) if parts else Interval(lower, upper)
+
+
+def _detached(region: Interval) -> Interval:
+    if not isinstance(region, Ball):
+        return Interval(region.lower.detach(), region.upper.detach())
+    parts = [BallPart(p.index, p.point.detach(), p.eps.detach(), p.norm) for p in region.parts]
+    return Ball(region.lower.detach(), region.upper.detach(), parts)
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module | None) -> Iterator[None]:
-    if module is None:
-        yield
-        return
+def _eval_mode(module: nn.Module) -> Iterator[None]:
     modes = {m: m.training for m in module.modules()}
     module.eval()
     try:
@@ -201,8 +291,8 @@ def _eval_mode(module: nn.Module | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _frozen(module: nn.Module | None) -> Iterator[None]:
-    parameters = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+def _frozen(module: nn.Module) -> Iterator[None]:
+    parameters = [p for p in module.parameters() if p.requires_grad]
     for p in parameters:
         p.requires_grad_(False)
     try:

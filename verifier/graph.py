@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, fx
-from torch.fx.operator_schemas import normalize_function
+from torch.fx.operator_schemas import get_signature_for_torch_op, normalize_function
 
 from verifier.bounds import factory_for
 from verifier.bounds.core import Rule, Unsupported
 from verifier.bounds.network import Network, Node
+from verifier.bounds.shape import Select
 from verifier.errors import ModelError
 from verifier.load import LoadedModel, describe_unsupported
 
@@ -50,11 +51,32 @@ class Builder:
         # that of every node added so far.
         self.exec_dtype = dtype
         self.node_dtypes: list[torch.dtype] = []
+        self.variables: dict[int, Value] = {}  # id of a perturbed parameter -> its graph input
 
     def input(self, probe: Tensor) -> Value:
         self.nodes.append(Node(None, (), tuple(probe.shape[1:]), "input"))
         self.node_dtypes.append(self.dtype)
         return Value(0, probe)
+
+    def inputs(self, probes: Sequence[Tensor]) -> list[Value]:
+        """Node 0 for several inputs ([1, *shape] probes): their flat concatenation, of which each
+        input is a selection (one input: node 0 itself, as `input`)."""
+        if len(probes) == 1:
+            return [self.input(probes[0])]
+        joint = self.input(torch.cat([p.reshape(1, -1) for p in probes], dim=1))
+        values, offset = [], 0
+        for number, probe in enumerate(probes):
+            size = probe[0].numel()
+            self.label = f"input part {number}"
+            part = Select(torch.arange(offset, offset + size), torch.zeros(size), joint.shape, tuple(probe.shape[1:]))
+            values.append(self.add(part, [joint]))
+            offset += size
+        return values
+
+    def parameter(self, tensor: Tensor | None) -> Tensor | Value | None:
+        """A parameter of the model as a factory should use it: the graph input standing for it
+        where it is perturbed, else the tensor itself."""
+        return self.variables.get(id(tensor), tensor) if tensor is not None else None
 
     def exec_dtype_of(self, value: Value) -> torch.dtype:
         return self.node_dtypes[value.index]
@@ -92,8 +114,14 @@ class Builder:
         return module(*(self.evaluate_operand(a) for a in args))
 
 
-def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bool = False) -> Network:
+def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bool = False,
+                  variables: Sequence[Tensor] = ()) -> Network:
     """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed).
+
+    `variables` are parameters of the module that become inputs of the graph, for bounds over
+    perturbed weights. With more than one input (the module's further inputs, of
+    `model.extra_input_shapes`, then `variables`, in that order), node 0 is their flat
+    concatenation; one input keeps its own shape.
 
     With `gradients`, the constants that rules derive from the model's parameters (a batch norm's
     scale, a transposed weight) keep their autograd history, so that bounds computed with the
@@ -105,7 +133,13 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
         generator = torch.Generator().manual_seed(0)
         probe = torch.rand(model.input_shape, generator=generator, dtype=torch.float64)
     probe = probe.reshape(model.input_shape).to(model.dtype)
+    generator = torch.Generator().manual_seed(1)
+    extras = [torch.rand(shape, generator=generator, dtype=torch.float64).to(model.dtype)
+              for shape in model.extra_input_shapes]
     builder = Builder(model.dtype)
+    parts = builder.inputs([t.unsqueeze(0) for t in [probe, *extras, *(v.detach() for v in variables)]])
+    placeholders = iter(zip(parts, [probe, *extras]))
+    builder.variables = {id(v): value for v, value in zip(variables, parts[1 + len(extras):])}
     env: dict[fx.Node, object] = {}
     truth: dict[fx.Node, object] = {}
     unsupported: dict[str, list[str]] = {}
@@ -113,10 +147,10 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
     with torch.set_grad_enabled(gradients):
         for node in module.graph.nodes:
             if node.op == "placeholder":
-                env[node] = builder.input(probe.unsqueeze(0))
-                truth[node] = probe
+                env[node], truth[node] = next(placeholders)
             elif node.op == "get_attr":
-                env[node] = truth[node] = _fetch_attr(module, node.target)
+                truth[node] = _fetch_attr(module, node.target)
+                env[node] = builder.parameter(truth[node])
             elif node.op in ("call_module", "call_function", "call_method"):
                 target, node_args, node_kwargs = _call(module, node, truth)
                 key = node.target if node.op == "call_module" else node.name
@@ -124,10 +158,11 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                 builder.label = f"{op_type} '{name}'"
                 builder.exec_dtype = model.node_dtypes.get(name, model.dtype)
                 args = _positional(target, fx.node.map_arg(node_args, env.get), fx.node.map_arg(node_kwargs, env.get))
-                truth_args = _positional(target, fx.node.map_arg(node_args, truth.get),
-                                         fx.node.map_arg(node_kwargs, truth.get))
+                truth_args, truth_kwargs = fx.node.map_arg((node_args, node_kwargs), truth.get)
+                if node.op == "call_module":  # onnx2torch's modules: operands after a skipped one
+                    truth_args, truth_kwargs = _positional(target, truth_args, truth_kwargs), {}
                 try:
-                    truth[node] = target(*truth_args)
+                    truth[node] = target(*truth_args, **truth_kwargs)
                 except Exception as error:  # noqa: BLE001
                     raise ModelError(model.path, f"{builder.label} fails on a sample input: {error}") from None
                 env[node] = _build_node(builder, target, args, truth[node], op_type, unsupported)
@@ -188,12 +223,13 @@ def _check_against_truth(builder: Builder, result: object, truth: object) -> Non
 
 
 def _call(module: fx.GraphModule, node: fx.Node, truth: dict[fx.Node, object]) -> tuple[object, tuple, dict]:
-    """The callable of a call node, and its operands with keyword operands made positional.
+    """The callable of a call node, its positional operands, and its keyword-only ones.
 
     A method call `x.f(...)` becomes `torch.f(x, ...)` where torch has that function (else the
-    unbound `Tensor.f`), so that both spellings reach one factory. Keyword operands of functions
-    are put in their schema's positions (defaults filled in), from the operands' types: torch's
-    builtins have no Python signature.
+    unbound `Tensor.f`), so that both spellings reach one factory. Operands given by keyword
+    are put in their schema's positions, with the defaults before them filled in, found from the
+    operands' types (torch's builtins have no Python signature); the keyword-only ones (a dtype,
+    torch.add's alpha) stay keywords, and factories get them after the positional ones.
     """
     if node.op == "call_module":
         return module.get_submodule(node.target), node.args, node.kwargs
@@ -217,7 +253,20 @@ def _call(module: fx.GraphModule, node: fx.Node, truth: dict[fx.Node, object]) -
         normalized = None
     if normalized is None:
         return target, node.args, node.kwargs
-    return target, tuple(normalized.kwargs.values()), {}
+    names = list(normalized.kwargs)
+    for signature in get_signature_for_torch_op(target) or [_signature(target)]:
+        if signature is not None and list(signature.parameters) == names:
+            keyword_only = {name for name, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY}
+            return (target, tuple(v for n, v in normalized.kwargs.items() if n not in keyword_only),
+                    {n: v for n, v in normalized.kwargs.items() if n in keyword_only})
+    return target, node.args, node.kwargs
+
+
+def _signature(target) -> inspect.Signature | None:
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
 
 
 def _fetch_attr(module: torch.nn.Module, target: str) -> Tensor:

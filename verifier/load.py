@@ -47,6 +47,8 @@ class LoadedModel:
     dtype: torch.dtype
     onnx_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
     node_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    # per-sample shapes of the module's further inputs (a traced module's; ONNX models have one)
+    extra_input_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def num_inputs(self) -> int:

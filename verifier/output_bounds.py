@@ -48,8 +48,8 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
 
 @dataclass
 class OutputBounds:
-    lower: Tensor                          # [B, rows]
-    upper: Tensor                          # [B, rows]
+    lower: Tensor | None                   # [B, rows]; None where not asked for
+    upper: Tensor | None                   # [B, rows]
     intermediate: list[Interval | None]    # every node's interval in the pass
 
 
@@ -61,27 +61,25 @@ def raw_output_bounds(network: Network, box: Interval, method: str, alpha: Alpha
 
 
 def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSettings | None = None,
-                  spec: Tensor | None = None) -> OutputBounds:
+                  spec: Tensor | None = None, sides: tuple[bool, bool] = (True, True)) -> OutputBounds:
     """Lower and upper bounds [B, rows] of `spec @ flattened output` over the input regions `box`
     [B, *input_shape] (boxes or balls), sound in floating point: each is moved outwards by the
     rounding its sweep may have made.
 
-    `spec` [B, rows, outputs] defaults to the identity (every output). `method` is "ibp", "crown",
-    "crown-ibp" (IBP intermediate bounds, CROWN at the output) or "alpha-crown" (configured by
-    `alpha`, default AlphaSettings()). Differentiable with respect to the region and to the
-    parameters the network's rules hold, except alpha-CROWN's, whose search runs without
-    gradients (see verifier.api for a differentiable alpha-CROWN bound).
+    `spec` [B, rows, outputs] defaults to the identity (every output). `sides` says which of the
+    lower and upper bounds to compute (a side costs a backward row per spec row). `method` is
+    "ibp", "crown", "crown-ibp" (IBP intermediate bounds, CROWN at the output) or "alpha-crown"
+    (configured by `alpha`, default AlphaSettings()). Differentiable with respect to the region
+    and to the parameters the network's rules hold, except alpha-CROWN's, whose search runs
+    without gradients (see verifier.api for a differentiable alpha-CROWN bound).
     """
     cases = box.lower.shape[0]
-    count = math.prod(network.output_shape)
     if method == "ibp":
         bounds = interval_bounds(network, box)
         out = bounds[network.output]
-        flat = Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1))
-        return OutputBounds(*_spec_interval(spec, flat), bounds)
-    rows_of = spec if spec is not None else torch.eye(count, dtype=network.dtype, device=network.device).expand(
-        cases, count, count)
-    coeffs = torch.cat([rows_of, -rows_of], dim=1).reshape(cases, 2 * rows_of.shape[1], *network.output_shape)
+        lower, upper = _spec_interval(spec, Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)))
+        return OutputBounds(lower if sides[0] else None, upper if sides[1] else None, bounds)
+    coeffs = output_rows(network, cases, spec, sides)
     if method == "alpha-crown":  # each output's lower and upper bound is its own row
         result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
         bounds, bound = result.intermediate, result.bound
@@ -91,21 +89,35 @@ def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSett
         bound = backward_bound(network, network.output, coeffs, bounds, errors=errors)
     else:
         raise ValueError(f"method '{method}': expected ibp, crown, crown-ibp or alpha-crown")
-    return combined_bounds(network, box, bounds, bound, spec)
+    return combined_bounds(network, box, bounds, bound, spec, sides)
+
+
+def output_rows(network: Network, cases: int, spec: Tensor | None, sides: tuple[bool, bool]) -> Tensor:
+    """The backward rows [B, rows, *output_shape] whose lower bounds give the asked sides:
+    `spec` for the lower bounds, then `-spec` for the upper ones."""
+    count = math.prod(network.output_shape)
+    if spec is None:
+        spec = torch.eye(count, dtype=network.dtype, device=network.device).expand(cases, count, count)
+    signed = [sign * spec for sign, wanted in zip((1.0, -1.0), sides) if wanted]
+    if not signed:
+        raise ValueError("sides: ask for the lower bounds, the upper bounds or both")
+    rows = torch.cat(signed, dim=1)
+    return rows.reshape(cases, rows.shape[1], *network.output_shape)
 
 
 def combined_bounds(network: Network, box: Interval, bounds: list[Interval | None], bound: LinearBound,
-                    spec: Tensor | None) -> OutputBounds:
-    """The rows' bounds from a linear bound of `[spec, -spec]` over the output, made sound in
+                    spec: Tensor | None, sides: tuple[bool, bool] = (True, True)) -> OutputBounds:
+    """The asked sides of the rows' bounds from the linear bound of `output_rows`, made sound in
     floating point and intersected with the output interval (CROWN is not monotone in its
     intermediate bounds, so IBP's final interval can be tighter)."""
     cases = box.lower.shape[0]
-    rows = bound.lower.shape[1] // 2
     safe = bound.lower - rounding(bound.lower.dtype, SWEEP_TERMS) * bound.magnitude
     out = bounds[network.output].intersect(interval_bounds(network, box)[network.output])
-    flat = Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1))
-    lower, upper = _spec_interval(spec, flat)
-    return OutputBounds(torch.maximum(safe[:, :rows], lower), torch.minimum(-safe[:, rows:], upper), bounds)
+    lower, upper = _spec_interval(spec, Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)))
+    rows = lower.shape[1]
+    lower = torch.maximum(safe[:, :rows], lower) if sides[0] else None
+    upper = torch.minimum(-safe[:, -rows:], upper) if sides[1] else None
+    return OutputBounds(lower, upper, bounds)
 
 
 def _spec_interval(spec: Tensor | None, out: Interval) -> tuple[Tensor, Tensor]:

@@ -20,12 +20,14 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
-def trace_module(module: nn.Module, example: Tensor) -> LoadedModel:
-    """Trace `module` (in eval mode) on the batch `example` [B, *shape]; the loaded model's input
-    shape is `(1, *shape)`, as the ONNX export of the module would declare it."""
+def trace_module(module: nn.Module, example: Tensor, *extras: Tensor) -> LoadedModel:
+    """Trace `module` (in eval mode) on the batch `example` [B, *shape] (and, for a module with
+    further inputs, on `extras`); the loaded model's input shape is `(1, *shape)`, as the ONNX
+    export of the module would declare it."""
     name = f"{type(module).__name__} (torch module)"
-    if not isinstance(example, Tensor) or not example.is_floating_point() or example.dim() < 1:
-        raise ModelError(name, "the example input must be a floating-point tensor with a batch axis")
+    for value in (example, *extras):
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() < 1:
+            raise ModelError(name, "the example input must be a floating-point tensor with a batch axis")
     tracer = fx.Tracer()
     tracer.record_stack_traces = True
     try:
@@ -35,12 +37,12 @@ def trace_module(module: nn.Module, example: Tensor) -> LoadedModel:
         raise ModelError(name, f"torch.fx cannot trace the module: {problem}") from None
     traced = fx.GraphModule(module, graph)
     inputs = [node for node in graph.nodes if node.op == "placeholder"]
-    if len(inputs) != 1:
+    if len(inputs) != 1 + len(extras):
         raise ModelError(name, f"forward takes {len(inputs)} inputs; only single-input modules are supported")
     sample = example[:1]
     with torch.no_grad():
         try:
-            output = module(sample)
+            output = module(sample, *(extra[:1] for extra in extras))
         except Exception as error:  # noqa: BLE001
             raise ModelError(name, f"the module fails on the example input: {type(error).__name__}: "
                              f"{first_line(error)}") from None
@@ -48,7 +50,8 @@ def trace_module(module: nn.Module, example: Tensor) -> LoadedModel:
         raise ModelError(name, "the module's output is not one tensor")
     labels = {_key(node): (_operation(traced, node), _location(node)) for node in graph.nodes
               if node.op in ("call_module", "call_function", "call_method")}
-    return LoadedModel(name, traced, inputs[0].name, tuple(sample.shape), tuple(output.shape), example.dtype, labels)
+    return LoadedModel(name, traced, inputs[0].name, tuple(sample.shape), tuple(output.shape), example.dtype, labels,
+                       extra_input_shapes=tuple(tuple(extra[:1].shape) for extra in extras))
 
 
 def _key(node: fx.Node) -> str:

@@ -133,7 +133,7 @@ def binary_factory(builder, module, args):
         if builder.is_variable(second):
             raise Unsupported("legacy axis broadcasting of a variable operand")
         second = old_style_broadcast(builder.evaluate_operand(first), second, module.axis)
-    return _binary(builder, module.math_op_function.__name__, first, second)
+    return binary(builder, module.math_op_function.__name__, first, second)
 
 
 # The functional forms of a torch.fx trace (a method call x.add(y) reaches torch.add), by the
@@ -146,14 +146,14 @@ def binary_function_factory(builder, function, args):
     first, second, *extra = args
     if extra and extra[0] not in (1, None):  # torch.add's alpha, torch.div's rounding mode
         raise Unsupported(f"{function.__name__} with the extra operand {extra[0]!r}")
-    return _binary(builder, _BINARY_FUNCTIONS[function], first, second)
+    return binary(builder, _BINARY_FUNCTIONS[function], first, second)
 
 
 for _function in _BINARY_FUNCTIONS:
     register(_function)(binary_function_factory)
 
 
-def _binary(builder, op: str, first, second):
+def binary(builder, op: str, first, second):
     variable = [builder.is_variable(a) for a in (first, second)]
     if all(variable):
         return _two_variables(builder, op, first, second)

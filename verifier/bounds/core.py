@@ -50,27 +50,43 @@ class Interval:
         return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
 
 
-class Ball(Interval):
-    """The Lp ball `||x - point||_p <= eps` (p = 1 or 2) of each batch entry, as an input region.
+@dataclass
+class BallPart:
+    """An Lp ball (p = 1 or 2) on some coordinates of the flattened per-sample input:
+    `||x[index] - point||_p <= eps`; `index` [k] long, `point` [B, k], `eps` [B]."""
 
-    Its interval (`lower`, `upper`) is the ball's bounding box, `point ± eps`, which is what IBP
-    and the relaxations see; linear functions of the input are concretised over the ball itself
-    with the dual norm (see engine.concretize_input). `point` is [B, *shape], `eps` [B] or a float.
-    """
-
-    def __init__(self, point: Tensor, eps: Tensor | float, norm: float) -> None:
-        if norm not in (1, 2):
-            raise ValueError(f"norm {norm}: a ball is an L1 or L2 ball (an L-inf ball is a box)")
-        radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
-        radius = radius.reshape(-1, *(1,) * (point.dim() - 1)) if radius.dim() else radius
-        super().__init__(point - radius, point + radius)
-        self.point = point
-        self.eps = radius.reshape(-1).expand(point.shape[0])
-        self.norm = norm
+    index: Tensor
+    point: Tensor
+    eps: Tensor
+    norm: int
 
     @property
     def dual_norm(self) -> float:
         return 2.0 if self.norm == 2 else float("inf")
+
+
+class Ball(Interval):
+    """An input region: Lp balls on groups of coordinates (`parts`), a box on the others.
+
+    Its interval (`lower`, `upper`) [B, *shape] is the region's bounding box, which is what IBP
+    and the relaxations see; linear functions of the input are concretised over the balls
+    themselves with the dual norm (see engine.concretize_input).
+    """
+
+    def __init__(self, lower: Tensor, upper: Tensor, parts: list[BallPart]) -> None:
+        super().__init__(lower, upper)
+        self.parts = parts
+
+    @staticmethod
+    def around(point: Tensor, eps: Tensor | float, norm: int) -> Ball:
+        """The ball `||x - point||_norm <= eps` of each batch entry (point [B, *shape], eps [B] or a float)."""
+        if norm not in (1, 2):
+            raise ValueError(f"norm {norm}: a ball is an L1 or L2 ball (an L-inf ball is a box)")
+        batch = point.shape[0]
+        radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device).reshape(-1).expand(batch)
+        spread = radius.reshape(-1, *(1,) * (point.dim() - 1))
+        index = torch.arange(point[0].numel(), device=point.device)
+        return Ball(point - spread, point + spread, [BallPart(index, point.reshape(batch, -1), radius, norm)])
 
 
 @dataclass

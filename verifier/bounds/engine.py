@@ -116,20 +116,29 @@ def ball_layers(network: Network) -> set[int]:
 
 
 def concretize_input(coeffs: Tensor | Patches, region: Interval) -> LinearBound:
-    """Lower bound of <coeffs, x> [B, m] over the input region: a box, or a Ball, over which it is
-    <coeffs, point> - eps ||coeffs||_dual (Hoelder), kept only where it beats the ball's box.
+    """Lower bound of <coeffs, x> [B, m] over the input region: a box, or a Ball, over whose
+    balls it is <a, point> - eps ||a||_dual (Hoelder), and over the box elsewhere; kept only
+    where it beats the region's bounding box.
 
-    The magnitude is the box's (sum |a| max(|l|, |u|)), which bounds every term summed here too:
-    |a_i point_i| and eps ||a||_dual <= eps ||a||_1 both fit under it.
+    The magnitude is the bounding box's (sum |a| max(|l|, |u|)), which bounds every term summed
+    here too: |a_i point_i| and eps ||a||_dual <= eps ||a||_1 both fit under it.
     """
     box = interval_concretize(coeffs, region)
     if not isinstance(region, Ball):
         return box
     flat = densify(coeffs)
     flat = flat.reshape(flat.shape[0], flat.shape[1], -1)
-    point = region.point.reshape(flat.shape[0], -1, 1)
-    dual = torch.linalg.vector_norm(flat, ord=region.dual_norm, dim=-1)
-    lower = torch.bmm(flat, point).squeeze(-1) - region.eps.unsqueeze(1) * dual
+    outside = torch.ones(flat.shape[-1], dtype=torch.bool, device=flat.device)
+    lower = 0.0
+    for part in region.parts:
+        outside[part.index] = False
+        rows = flat[:, :, part.index]
+        dual = torch.linalg.vector_norm(rows, ord=part.dual_norm, dim=-1)
+        lower = lower + torch.bmm(rows, part.point.unsqueeze(-1)).squeeze(-1) - part.eps.unsqueeze(1) * dual
+    if bool(outside.any()):
+        rest = Interval(region.lower.reshape(flat.shape[0], -1)[:, outside],
+                        region.upper.reshape(flat.shape[0], -1)[:, outside])
+        lower = lower + interval_concretize(flat[:, :, outside], rest).lower
     return LinearBound(torch.maximum(lower, box.lower), box.magnitude)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from onnx2torch.node_converters import global_average_pool, matmul, reduce
 from torch import Tensor, nn
 
-from verifier.bounds.arith import affine
+from verifier.bounds.arith import affine, binary
 from verifier.bounds.bilinear import matmul_variables
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, exactly_zero, register, row_sum
 from verifier.bounds.patches import Patches
@@ -237,15 +237,24 @@ class Reduce(Rule):
 @register(nn.Linear, "Gemm")
 def linear_factory(builder, module, args):
     # the module's own tensors, not copies: gradients reach them (the library's certified training)
-    return builder.add(Linear(module.weight, module.bias), [args[0]])
+    return _linear(builder, args[0], builder.parameter(module.weight), builder.parameter(module.bias))
 
 
 @register(F.linear)
 def linear_function_factory(builder, function, args):
     x, weight, bias = (list(args) + [None])[:3]
-    if builder.is_variable(weight) or builder.is_variable(bias):
-        raise Unsupported("linear with a variable weight or bias")
-    return builder.add(Linear(weight, bias), [x])
+    return _linear(builder, x, weight, bias)
+
+
+def _linear(builder, x, weight, bias):
+    """x @ weight.T + bias, where the weight or the bias may be a variable (a perturbed parameter)."""
+    if not builder.is_variable(weight) and not builder.is_variable(bias):
+        return builder.add(Linear(weight, bias), [x])
+    if builder.is_variable(weight):
+        out = _matmul(builder, x, builder.add(Transpose((1, 0)), [weight]))
+    else:
+        out = builder.add(Linear(weight, None), [x])
+    return out if bias is None else binary(builder, "add", out, bias)
 
 
 @register(matmul.OnnxMatMul, "MatMul")
@@ -286,6 +295,8 @@ def _matmul(builder, left, right):
 @register(nn.Conv2d, "Conv")
 @register(nn.Conv3d, "Conv")
 def conv_factory(builder, module, args):
+    if any(builder.is_variable(builder.parameter(t)) for t in (module.weight, module.bias)):
+        raise Unsupported("a perturbed convolution weight")
     out_shape = tuple(builder.evaluate(module, args).shape)
     return builder.add(Conv(module, args[0].shape, out_shape), [args[0]])
 
@@ -325,6 +336,16 @@ def _reduce(builder, x, axes, keepdim: bool, mean: bool):
     for a in axes:
         count *= x.shape[a]
     return builder.add(Reduce(axes, keepdim, 1.0 / count if mean else 1.0, x.shape), [x])
+
+
+@register(torch.sum)
+@register(torch.mean)
+def reduce_function_factory(builder, function, args):
+    """torch.sum / torch.mean (x, dim=None, keepdim=False): a dim of None reduces every axis."""
+    x, axes, keepdim = (list(args) + [None, False])[:3]
+    if isinstance(axes, int):
+        axes = (axes,)
+    return _reduce(builder, x, axes, bool(keepdim), function is torch.mean)
 
 
 @register(reduce.OnnxReduceStaticAxes, "ReduceSum", "ReduceMean")

@@ -359,6 +359,19 @@ def function(builder, name: str, x):
     return builder.add(_FUNCTIONS[name](builder), [x])
 
 
+@register(torch.exp)
+@register(torch.log)
+@register(torch.sin)
+@register(torch.cos)
+def function_call_factory(builder, torch_function, args):
+    return function(builder, torch_function.__name__, args[0])
+
+
+@register(torch.sqrt)
+def sqrt_function_factory(builder, function, args):
+    return builder.add(Sqrt(), [args[0]])
+
+
 def reciprocal(builder, x):
     return builder.add(Reciprocal(), [x])
 
