@@ -458,3 +458,20 @@ def test_fused_loss_bounds_the_cross_entropy(method):
     if method != "alpha-crown":
         bound.sum().backward()
         assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_verify_bounds_over_a_ball_around_the_box_centre_is_the_api_bound(norm):
+    from verifier.output_bounds import output_bounds
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    model, prop = str(examples / "classifier.onnx"), str(examples / "classifier_radius_0.02.vnnlib")
+    report = output_bounds(model, prop, "crown", eps=0.1, norm=norm)
+    case = report["cases"][0]
+    centre = (torch.tensor(case["input_lower"]) + torch.tensor(case["input_upper"])) / 2
+    lower, upper = verifier.BoundedModule(model).compute_bounds(centre.float().unsqueeze(0), eps=0.1, norm=norm)
+    assert torch.allclose(lower[0].double(), torch.tensor(case["lower"], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(upper[0].double(), torch.tensor(case["upper"], dtype=torch.float64), atol=1e-6)
+    box = output_bounds(model, prop, "crown", eps=0.1)["cases"][0]
+    if norm != math.inf:  # a ball of the same radius lies inside the L-inf one
+        assert all(low >= box_low - 1e-6 for low, box_low in zip(case["lower"], box["lower"]))

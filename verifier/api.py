@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from verifier.bounds.core import Ball, BallPart, Interval
+from verifier.bounds.core import Ball, BallPart, Interval, lp_ball
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
@@ -26,10 +26,10 @@ from verifier.bounds.relaxation import AlphaStore
 from verifier.graph import build_network
 from verifier.load import LoadedModel, load_model
 from verifier.output_bounds import OutputBounds, bound_outputs, combined_bounds, output_rows
-from verifier.settings import AlphaSettings
+from verifier.settings import OUTPUT_METHODS, AlphaSettings
 from verifier.trace import trace_module
 
-METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+METHODS = OUTPUT_METHODS
 NORMS = (1.0, 2.0, math.inf)
 
 
@@ -250,10 +250,7 @@ def _ball(point: Tensor, eps: float | Tensor, norm: float, name: str) -> Interva
     radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
     if bool((radius < 0).any()):
         raise ValueError(f"{name} {eps}: a radius cannot be negative")
-    if float(norm) != math.inf:
-        return Ball.around(point, radius, int(norm))
-    radius = radius.reshape(-1, *(1,) * (point.dim() - 1)) if radius.dim() else radius
-    return Interval(point - radius, point + radius)
+    return lp_ball(point, radius, float(norm))
 
 
 def _joint(regions: list[Interval]) -> Interval:

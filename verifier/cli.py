@@ -24,13 +24,14 @@ from verifier.arguments import (
     add_verbosity,
     configure_logging,
     input_file,
+    non_negative_number,
     output_file,
     seconds,
     setup_torch,
 )
 from verifier.deadline import Deadline, process_start_time, start_watchdog
 from verifier.errors import first_line
-from verifier.settings import BOUND_METHODS, FAMILIES_FILE
+from verifier.settings import FAMILIES_FILE, OUTPUT_METHODS
 
 log = logging.getLogger("verifier.cli")
 CHECK_INTERNAL_ERROR = 3
@@ -95,7 +96,10 @@ def bounds_parser() -> Parser:
                     "box of a property.")
     parser.add_argument("model")
     parser.add_argument("property")
-    parser.add_argument("--method", choices=BOUND_METHODS, default="crown")
+    parser.add_argument("--method", choices=OUTPUT_METHODS, default="crown")
+    parser.add_argument("--eps", type=non_negative_number, default=None,
+                        help="bound over the Lp ball of this radius around each input box's centre instead")
+    parser.add_argument("--norm", choices=("inf", "2", "1"), default="inf", help="the ball's norm (with --eps)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     add_verbosity(parser)
@@ -278,7 +282,7 @@ def _bounds(args: argparse.Namespace) -> int:
     from verifier.output_bounds import output_bounds
 
     setup_torch(args.device)
-    report = output_bounds(args.model, args.property, args.method, args.device)
+    report = output_bounds(args.model, args.property, args.method, args.device, args.eps, float(args.norm))
     if args.json:
         print(json.dumps(report))
         return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from verifier.bounds.core import SWEEP_TERMS, Interval, rounding
+from verifier.bounds.core import SWEEP_TERMS, Interval, lp_ball, rounding
 from verifier.bounds.engine import (
     Errors,
     LinearBound,
@@ -25,21 +25,26 @@ from verifier.instance import open_instance
 from verifier.settings import AlphaSettings
 
 
-def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu") -> dict:
-    """`{"method", "seconds", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`, all flat."""
+def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu", eps: float | None = None,
+                  norm: float = math.inf) -> dict:
+    """`{"method", "seconds", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`, all flat.
+
+    With `eps`, each box is replaced by the Lp ball (`norm` inf, 2 or 1) of that radius around
+    its centre; `input_lower` and `input_upper` are then the ball's bounding box."""
     instance = open_instance(model_path, property_path, device)
     if instance.network is None:
         raise UserError(property_path, "the property's constraints cannot hold together: no input box to bound")
     network, spec = instance.network, instance.spec
+    region = spec.box if eps is None else lp_ball(spec.box.center, eps, norm)
     start = time.perf_counter()
     with torch.no_grad():
-        lower, upper = raw_output_bounds(network, spec.box, method)
+        lower, upper = raw_output_bounds(network, region, method)
     seconds = time.perf_counter() - start
     cases = []
     for b in range(spec.cases):
         cases.append({
-            "input_lower": spec.box.lower[b].reshape(-1).double().tolist(),
-            "input_upper": spec.box.upper[b].reshape(-1).double().tolist(),
+            "input_lower": region.lower[b].reshape(-1).double().tolist(),
+            "input_upper": region.upper[b].reshape(-1).double().tolist(),
             "lower": lower[b].double().tolist(),
             "upper": upper[b].double().tolist(),
         })

@@ -89,6 +89,16 @@ class Ball(Interval):
         return Ball(point - spread, point + spread, [BallPart(index, point.reshape(batch, -1), radius, norm)])
 
 
+def lp_ball(point: Tensor, eps: Tensor | float, norm: float) -> Interval:
+    """The Lp ball (`norm` inf, 2 or 1) of radius `eps` (a float, or [B]) around each `point`
+    [B, *shape]: a box for L-inf, else a Ball."""
+    if norm != float("inf"):
+        return Ball.around(point, eps, int(norm))
+    radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
+    radius = radius.reshape(-1, *(1,) * (point.dim() - 1)) if radius.dim() else radius
+    return Interval(point - radius, point + radius)
+
+
 @dataclass
 class Backward:
     """Result of a backward rule: coefficients per variable input (None: no dependence) and bias [B, m]."""
