@@ -292,9 +292,12 @@ def test_functional_module_is_bounded_like_its_onnx_export(tmp_path):
         except Exception as error:  # noqa: BLE001 - the exporter is optional for this comparison
             pytest.skip(f"torch.onnx.export is unavailable here: {error}")
     path.write_bytes(buffer.getvalue())
-    traced = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.05, method="crown")
-    exported = verifier.BoundedModule(str(path)).compute_bounds(x, eps=0.05, method="crown")
-    assert torch.allclose(traced[0], exported[0], atol=1e-5) and torch.allclose(traced[1], exported[1], atol=1e-5)
+    traced, exported = verifier.BoundedModule(model, x), verifier.BoundedModule(str(path))
+    ours = traced.compute_bounds(x, eps=0.05, method="crown")
+    theirs = exported.compute_bounds(x, eps=0.05, method="crown")
+    assert torch.allclose(ours[0], theirs[0], atol=1e-5) and torch.allclose(ours[1], theirs[1], atol=1e-5)
+    labels = torch.tensor([1, 3])  # the fused loss wraps the converted ONNX modules as they are
+    assert torch.allclose(traced.robust_loss(x, labels, eps=0.05), exported.robust_loss(x, labels, eps=0.05), atol=1e-5)
 
 
 def test_unsupported_code_names_the_operation_and_the_line():

@@ -13,6 +13,7 @@ import re
 import torch
 from torch import Tensor, fx, nn
 
+from verifier.bounds import factory_for
 from verifier.errors import ModelError, first_line
 from verifier.load import LoadedModel
 
@@ -28,7 +29,7 @@ def trace_module(module: nn.Module, example: Tensor, *extras: Tensor) -> LoadedM
     for value in (example, *extras):
         if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() < 1:
             raise ModelError(name, "the example input must be a floating-point tensor with a batch axis")
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(module)
@@ -52,6 +53,15 @@ def trace_module(module: nn.Module, example: Tensor, *extras: Tensor) -> LoadedM
               if node.op in ("call_module", "call_function", "call_method")}
     return LoadedModel(name, traced, inputs[0].name, tuple(sample.shape), tuple(output.shape), example.dtype, labels,
                        extra_input_shapes=tuple(tuple(extra[:1].shape) for extra in extras))
+
+
+class _Tracer(fx.Tracer):
+    """Keeps every module that a bound rule covers as one node (torch's own layers, and the
+    modules of a converted ONNX model, which a module may wrap), rather than tracing into it."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        covered = factory_for(module) is not None and not isinstance(module, nn.Sequential)
+        return covered or super().is_leaf_module(module, qualified_name)
 
 
 def _key(node: fx.Node) -> str:
