@@ -23,7 +23,7 @@ from verifier.bounds.core import BallPart, Interval
 from verifier.errors import UserError
 
 NORMS = (math.inf, 2, 1)
-METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+METHODS = ("ibp", "crown", "crown-ibp", "forward", "alpha-crown")
 
 
 class Functional(nn.Module):
@@ -158,7 +158,7 @@ def test_linear_model_bounds_equal_the_closed_form(norm):
     center = model(x)
     radius = eps * torch.linalg.vector_norm(weight, ord=dual, dim=1)
     net = verifier.BoundedModule(model, x)
-    for method in ("crown", "crown-ibp", "alpha-crown"):
+    for method in ("crown", "crown-ibp", "forward", "alpha-crown"):
         lower, upper = net.compute_bounds(x, eps=eps, norm=norm, method=method)
         assert torch.allclose(lower, center - radius, atol=1e-5), method
         assert torch.allclose(upper, center + radius, atol=1e-5), method
@@ -185,7 +185,7 @@ class _Given(nn.Module):
         return F.linear(torch.relu(F.linear(x, self.t0, self.t1)), self.t2, self.t3)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp"])
+@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp", "forward"])
 @pytest.mark.parametrize("norm", NORMS)
 def test_gradcheck_inputs_and_parameters(method, norm):
     generator = torch.Generator().manual_seed(7)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tests import soundness
 from tests.test_soundness_random import network_for
-from verifier.bounds import activation, arith, bilinear, linear, pool, shape, smooth
+from verifier.bounds import activation, arith, bilinear, linear, pool, relaxation, shape, smooth
 from verifier.bounds.core import Backward, Interval
 from verifier.bounds.relaxation import LinearRelaxation
 
@@ -23,6 +23,7 @@ ORIGINAL = {
         (linear.Linear, "backward"), (linear.Conv, "backward"), (activation.ReLU, "relax"),
         (activation.SShaped, "relax"), (smooth.Smooth, "relax"), (pool.MaxPool2d, "backward"),
         (pool.AvgPool, "backward"), (bilinear.Multiply, "backward"), (linear.Reduce, "backward"),
+        (relaxation.Elementwise, "forward_forms"),
     ]
 }
 
@@ -104,6 +105,21 @@ def reduce_backward_dropped_factor(self, coeffs, x=None):
     return Backward([step.inputs[0] * 0.5], step.bias)
 
 
+def linear_forms_unsplit(self, x, bounds):
+    """Both forms through the weights as they are: a negative weight keeps the lower form low."""
+    return type(x)(x.rows(self.apply(x.columns(x.lower), self.weight, None)),
+                   self.apply(x.lower_bias, self.weight, self.bias),
+                   x.rows(self.apply(x.columns(x.upper), self.weight, None)),
+                   self.apply(x.upper_bias, self.weight, self.bias))
+
+
+def elementwise_forms_without_intercepts(self, x, bounds):
+    forms = ORIGINAL[relaxation.Elementwise, "forward_forms"](self, x, bounds=bounds)
+    lines = self.relax(bounds[0].lower, bounds[0].upper)
+    return type(x)(forms.lower, forms.lower_bias - lines.lower_intercept, forms.upper,
+                   forms.upper_bias - lines.upper_intercept)
+
+
 MUTATIONS = [
     ("dense", "ibp", linear.Linear, "ibp", linear_ibp_signed),
     ("dense", "crown", linear.Linear, "backward", linear_backward_scaled),
@@ -120,6 +136,8 @@ MUTATIONS = [
     ("products", "ibp", bilinear.MatMulVariables, "ibp", matmul_ibp_no_cross_term),
     ("products", "crown", smooth.Smooth, "relax", smooth_endpoints_only),
     ("products", "crown", linear.Reduce, "backward", reduce_backward_dropped_factor),
+    ("dense", "forward", linear.Linear, "forward_forms", linear_forms_unsplit),
+    ("dense", "forward", relaxation.Elementwise, "forward_forms", elementwise_forms_without_intercepts),
 ]
 
 

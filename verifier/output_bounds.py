@@ -18,11 +18,12 @@ from verifier.bounds.engine import (
     interval_bounds,
     interval_concretize,
 )
+from verifier.bounds.forward import forward_bounds, rows_bound
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.errors import UserError
 from verifier.instance import open_instance
-from verifier.settings import AlphaSettings
+from verifier.settings import OUTPUT_METHODS, AlphaSettings
 
 
 def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu", eps: float | None = None,
@@ -73,7 +74,8 @@ def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSett
 
     `spec` [B, rows, outputs] defaults to the identity (every output). `sides` says which of the
     lower and upper bounds to compute (a side costs a backward row per spec row). `method` is
-    "ibp", "crown", "crown-ibp" (IBP intermediate bounds, CROWN at the output) or "alpha-crown"
+    "ibp", "crown", "crown-ibp" (IBP intermediate bounds, CROWN at the output), "forward"
+    (forward-mode linear bounds of every node, see bounds/forward.py) or "alpha-crown"
     (configured by `alpha`, default AlphaSettings()). Differentiable with respect to the region
     and to the parameters the network's rules hold, except alpha-CROWN's, whose search runs
     without gradients (see verifier.api for a differentiable alpha-CROWN bound).
@@ -85,7 +87,10 @@ def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSett
         lower, upper = _spec_interval(spec, Interval(out.lower.reshape(cases, -1), out.upper.reshape(cases, -1)))
         return OutputBounds(lower if sides[0] else None, upper if sides[1] else None, bounds)
     coeffs = output_rows(network, cases, spec, sides)
-    if method == "alpha-crown":  # each output's lower and upper bound is its own row
+    if method == "forward":
+        passed = forward_bounds(network, box)
+        bounds, bound = passed.intervals, rows_bound(coeffs, passed.forms[network.output], box)
+    elif method == "alpha-crown":  # each output's lower and upper bound is its own row
         result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
         bounds, bound = result.intermediate, result.bound
     elif method in ("crown", "crown-ibp"):
@@ -93,7 +98,7 @@ def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSett
         bounds = crown_bounds(network, box, errors=errors, refine=method == "crown")
         bound = backward_bound(network, network.output, coeffs, bounds, errors=errors)
     else:
-        raise ValueError(f"method '{method}': expected ibp, crown, crown-ibp or alpha-crown")
+        raise ValueError(f"method '{method}': expected one of {', '.join(OUTPUT_METHODS)}")
     return combined_bounds(network, box, bounds, bound, spec, sides)
 
 

@@ -25,8 +25,9 @@ from verifier.errors import UserError
 FAMILIES_FILE = Path(__file__).resolve().parent / "families.yaml"
 # The methods of verifier.prove, named here so that the batch runner reads settings without torch.
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
-# what `verify bounds` and the library compute: also CROWN over IBP intermediate bounds
-OUTPUT_METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
+# what `verify bounds` and the library compute: also CROWN over IBP intermediate bounds, and
+# forward-mode linear bounds
+OUTPUT_METHODS = ("ibp", "crown", "crown-ibp", "forward", "alpha-crown")
 # What branch and bound splits after the bound pass: unstable ReLUs, the input box, or nothing.
 SPLITS = ("auto", "relu", "input", "none")
 

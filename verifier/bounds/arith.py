@@ -41,6 +41,17 @@ class Affine(Rule):
             x = x + self.shift
         return x
 
+    def forward_forms(self, x, bounds: list[Interval]):
+        scale = self.scale if self.scale is not None else torch.ones((), dtype=x.lower.dtype, device=x.lower.device)
+        positive, negative = scale.clamp(min=0), scale.clamp(max=0)
+        lower_bias = x.lower_bias * positive + x.upper_bias * negative
+        upper_bias = x.upper_bias * positive + x.lower_bias * negative
+        if self.shift is not None:
+            lower_bias, upper_bias = lower_bias + self.shift, upper_bias + self.shift
+        shape = (*x.lower.shape[:2], *lower_bias.shape[1:])
+        return type(x)(torch.broadcast_to(x.lower * positive + x.upper * negative, shape), lower_bias,
+                       torch.broadcast_to(x.upper * positive + x.lower * negative, shape), upper_bias)
+
     def ibp(self, x: Interval) -> Interval:
         center, radius = self.forward(x.center), x.radius
         magnitude = x.center.abs() + x.radius
@@ -91,6 +102,16 @@ class WeightedSum(Rule):
         for weight, x in zip(self.weights[1:], xs[1:]):
             total = total + weight * x
         return total
+
+    def forward_forms(self, *xs, bounds: list[Interval]):
+        sides = {"lower": 0.0, "lower_bias": 0.0, "upper": 0.0, "upper_bias": 0.0}
+        for weight, x in zip(self.weights, xs):
+            low, high = ("lower", "upper") if weight >= 0 else ("upper", "lower")
+            sides["lower"] = sides["lower"] + weight * getattr(x, low)
+            sides["lower_bias"] = sides["lower_bias"] + weight * getattr(x, low + "_bias")
+            sides["upper"] = sides["upper"] + weight * getattr(x, high)
+            sides["upper_bias"] = sides["upper_bias"] + weight * getattr(x, high + "_bias")
+        return type(xs[0])(**sides)
 
     def ibp(self, *xs: Interval) -> Interval:
         center = radius = magnitude = 0.0

@@ -187,6 +187,25 @@ class Rule(nn.Module):
         """Map the coefficients [B, m, *out_shape] of a lower bound to the inputs."""
         raise NotImplementedError
 
+    # True for exact linear maps with non-negative weights, plus a constant (selections, sums,
+    # pooling): forward-mode bounds map the lower and the upper forms as they are.
+    monotone = False
+
+    def forward_forms(self, *forms, bounds: list[Interval]):
+        """Forward-mode linear bounds of the output (a forward.Forms) from those of the inputs
+        and their intervals; None where the rule has none (its interval is used instead)."""
+        if not self.monotone:
+            return None
+        constant = self.forward(*(torch.zeros_like(f.lower_bias[:1]) for f in forms))
+
+        def mapped(side: str) -> Tensor:
+            values = self.forward(*(f.columns(getattr(f, side)) for f in forms))
+            # cells that hold a constant (a selection's fill, which may be -inf) depend on no input
+            return forms[0].rows(torch.where(torch.isfinite(constant), values - constant, 0.0))
+
+        return type(forms[0])(mapped("lower"), self.forward(*(f.lower_bias for f in forms)),
+                              mapped("upper"), self.forward(*(f.upper_bias for f in forms)))
+
     def split_point(self, lower: Tensor, upper: Tensor) -> Tensor:
         """For a `splittable` rule: where to split each neuron of its input with these bounds."""
         raise NotImplementedError

@@ -54,6 +54,17 @@ class WeightedSum(Rule):
         kept = self.__dict__.get("_sums_of")
         return kept[1] if kept is not None and kept[0] is x else self._sums(x)
 
+    def forward_forms(self, x, bounds: list[Interval]):
+        positive, negative = self.weight.clamp(min=0), self.weight.clamp(max=0)
+
+        def side(main: Tensor, other: Tensor, bias: Tensor | None) -> Tensor:
+            return self.apply(main, positive, bias) + self.apply(other, negative, None)
+
+        return type(x)(x.rows(side(x.columns(x.lower), x.columns(x.upper), None)),
+                       side(x.lower_bias, x.upper_bias, self.bias),
+                       x.rows(side(x.columns(x.upper), x.columns(x.lower), None)),
+                       side(x.upper_bias, x.lower_bias, self.bias))
+
     def ibp(self, x: Interval) -> Interval:
         magnitude = self._sums(x)
         self.__dict__["_sums_of"] = (x, magnitude)
@@ -212,6 +223,7 @@ class Reduce(Rule):
     def __init__(self, axes: tuple[int, ...], keepdim: bool, factor: float, in_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.axes, self.keepdim, self.factor, self.in_shape = axes, keepdim, factor, in_shape
+        self.monotone = factor >= 0
 
     def forward(self, x: Tensor) -> Tensor:
         return x.sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * self.factor

@@ -26,6 +26,7 @@ class AvgPool(Rule):
     """Average pooling as a sum pooling (a convolution with a ones kernel) times a per-position scale."""
 
     sums_products = True
+    monotone = True
 
     def __init__(self, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         super().__init__()

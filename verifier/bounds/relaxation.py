@@ -167,6 +167,22 @@ class Elementwise(Rule):
     def has_alpha(self) -> bool:
         return type(self).alpha_init is not Elementwise.alpha_init
 
+    def forward_forms(self, x, bounds: list[Interval]):
+        """The lines at the input's interval applied to its forms: the lower line takes the lower
+        form where its slope is positive and the upper one where it is negative."""
+        (interval,) = bounds
+        lines = self.relax(interval.lower, interval.upper)
+
+        def side(slope: Tensor, intercept: Tensor, main: str, other: str) -> tuple[Tensor, Tensor]:
+            positive, negative = slope.clamp(min=0), slope.clamp(max=0)
+            coefficients = getattr(x, main) * positive.unsqueeze(1) + getattr(x, other) * negative.unsqueeze(1)
+            bias = getattr(x, main + "_bias") * positive + getattr(x, other + "_bias") * negative + intercept
+            return coefficients, bias
+
+        lower, lower_bias = side(lines.lower_slope, lines.lower_intercept, "lower", "upper")
+        upper, upper_bias = side(lines.upper_slope, lines.upper_intercept, "upper", "lower")
+        return type(x)(lower, lower_bias, upper, upper_bias)
+
     def backward(self, coeffs: Tensor | Patches, x: Interval | None = None, alpha: AlphaSlot | None = None) -> Backward:
         if alpha is not None and self.has_alpha:
             return self._backward_with_alpha(coeffs, x, alpha)

@@ -40,6 +40,7 @@ class Reshape(Rule):
     """Reinterpret the row-major order of a per-sample shape as another shape."""
 
     exact = True
+    monotone = True
 
     preserves_box = True
     selects_only = True
@@ -63,6 +64,7 @@ class Transpose(Rule):
     """Permute the per-sample axes by `perm`."""
 
     exact = True
+    monotone = True
 
     preserves_box = True
     selects_only = True
@@ -86,6 +88,7 @@ class Select(Rule):
     """`y[j] = x_flat[index[j]]`, or the constant `fill[j]` where `index[j] == -1`."""
 
     exact = True
+    monotone = True
 
     selects_only = True
 
@@ -127,6 +130,7 @@ class Concat(Rule):
     """Concatenate variable inputs and constants along a per-sample axis."""
 
     exact = True
+    monotone = True
 
     def __init__(self, axis: int, parts: Sequence[Tensor | tuple[int, ...]]) -> None:
         """`parts` in order: a constant tensor, or the per-sample shape of the next variable input."""
@@ -330,6 +334,9 @@ class Cast(Rule):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.to(self.target).to(x.dtype)
+
+    def forward_forms(self, x, bounds: list[Interval]):
+        return x  # the rounding to `target` is the engine's (this node's execution error)
 
     def ibp(self, x: Interval) -> Interval:
         return x
