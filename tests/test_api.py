@@ -478,3 +478,56 @@ def test_verify_bounds_over_a_ball_around_the_box_centre_is_the_api_bound(norm):
     box = output_bounds(model, prop, "crown", eps=0.1)["cases"][0]
     if norm != math.inf:  # a ball of the same radius lies inside the L-inf one
         assert all(low >= box_low - 1e-6 for low, box_low in zip(case["lower"], box["lower"]))
+
+
+def test_fused_loss_over_perturbed_weights():
+    torch.manual_seed(21)
+    model = _mlp().eval()
+    generator = torch.Generator().manual_seed(22)
+    x = torch.randn(3, 5, generator=generator)
+    labels = torch.tensor([2, 0, 1])
+    net = verifier.BoundedModule(model, x)
+    bound = net.robust_loss(x, labels, eps=0.0, weights={"4.weight": 0.05, "4.bias": 0.05}, method="crown")
+    assert bool((bound > net.robust_loss(x, labels, eps=0.0, method="crown")).all())
+    with torch.no_grad():
+        for values in _weight_samples(model, ["4.weight", "4.bias"], 0.05, math.inf, 100, generator):
+            losses = F.cross_entropy(_with_parameters(model, values, x), labels, reduction="none")
+            assert bool((losses <= bound + 1e-5).all())
+
+
+SHARED_BALL_MODELS = ("ACASXU_run2a_1_1_batch_2000", "mnist-net_256x2", "cifar_base_kw")
+
+
+def _shared_models() -> list:
+    from tests.conftest import model_pairs, shared_or_skip
+
+    pairs = [(model, prop) for model, prop in model_pairs(shared_or_skip)
+             if any(name in Path(model).name for name in SHARED_BALL_MODELS)]
+    return pairs or [pytest.param(None, None, marks=pytest.mark.skip(reason="shared benchmarks not found"))]
+
+
+@pytest.mark.parametrize("norm", [2, 1])
+@pytest.mark.parametrize(("model_path", "prop_path"), _shared_models(),
+                         ids=lambda value: Path(value).stem if value else "absent")
+def test_shared_models_ball_bounds_hold_sampled_and_pushed_points(model_path, prop_path, norm):
+    """L2 and L1 balls around the centre of each model's first property box, on shared models."""
+    from verifier.load import load_model
+    from verifier.vnnlib import parse_file
+
+    loaded = load_model(str(model_path))
+    net = verifier.BoundedModule(str(model_path))
+    case = parse_file(prop_path).cases[0]
+    centre = torch.from_numpy((case.lower + case.upper) / 2).float().reshape(1, *net.input_shape)
+    radius = torch.from_numpy((case.upper - case.lower) / 2).float()
+    eps = float(radius.norm(p=norm)) / 2
+    generator = torch.Generator().manual_seed(23)
+
+    def model(points):
+        return loaded.module(points.reshape(-1, *loaded.input_shape[1:])).reshape(points.shape[0], -1)
+
+    methods = ("ibp", "crown", "forward") if centre[0].numel() <= 1000 else ("ibp", "crown")
+    for method in methods:
+        lower, upper = net.compute_bounds(centre, eps=eps, norm=norm, method=method)
+        points = torch.cat([_sphere_points(centre, eps, norm, 40, generator, inside=False),
+                            _pushed_points(model, centre, eps, norm, generator, steps=10)[:6]])
+        _assert_inside(model, points, lower, upper, f"{Path(model_path).stem} {method} L{norm}")

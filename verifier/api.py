@@ -90,21 +90,19 @@ class BoundedModule:
         if method not in METHODS:
             raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
         region = self._region(x, eps, norm, lower, upper)
-        names, radii = self._perturbed(weights)
         cases = region.lower.shape[0]
         spec = self._spec(C, cases, region.lower)
-        parameters = dict(self._module.named_parameters())
-        regions = [region] + [_ball(parameters[name].unsqueeze(0).expand(cases, *parameters[name].shape), radius,
-                                    weight_norm, f"weights['{name}']") for name, radius in zip(names, radii)]
-        result = self._bound(self._loaded, [parameters[name] for name in names], regions, method, spec,
-                             (bound_lower, bound_upper), alpha)
+        regions, variables = self._weight_regions(weights, weight_norm, cases)
+        result = self._bound(self._loaded, variables, [region, *regions], method, spec, (bound_lower, bound_upper),
+                             alpha)
         return result.lower, result.upper
 
     def robust_loss(self, x: Tensor | None, labels: Tensor, eps: float | Tensor | None = None, norm: float = math.inf,
                     method: str = "crown-ibp", lower: Tensor | None = None, upper: Tensor | None = None,
+                    weights: Mapping[str, float | Tensor] | None = None, weight_norm: float = math.inf,
                     alpha: AlphaSettings | None = None) -> Tensor:
-        """An upper bound [B] of the cross-entropy loss of each sample over its input region (as in
-        `compute_bounds`), for a classifier with `labels` [B] (class indices).
+        """An upper bound [B] of the cross-entropy loss of each sample over its input region and
+        its weights' (as in `compute_bounds`), for a classifier with `labels` [B] (class indices).
 
         The loss is part of the bounded graph (loss fusion: log sum_j exp(z_j - z_y), one row
         per sample), so the cost does not grow with the number of classes as bounding every
@@ -121,7 +119,9 @@ class BoundedModule:
             with _eval_mode(self._module):
                 self._fused = trace_module(_CrossEntropy(self._module), example, torch.zeros(1, self.num_outputs))
         onehot = torch.nn.functional.one_hot(labels, self.num_outputs).to(region.lower.dtype).reshape(cases, 1, -1)
-        result = self._bound(self._fused, [], [region, Interval(onehot, onehot)], method, None, (False, True), alpha)
+        regions, variables = self._weight_regions(weights, weight_norm, cases)
+        result = self._bound(self._fused, variables, [region, Interval(onehot, onehot), *regions], method, None,
+                             (False, True), alpha)
         return result.upper.reshape(cases)
 
     def intermediate_bounds(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -161,16 +161,18 @@ class BoundedModule:
             raise ValueError("lower > upper somewhere: the box is empty")
         return box
 
-    def _perturbed(self, weights: Mapping[str, float | Tensor] | None) -> tuple[list[str], list]:
-        if not weights:
-            return [], []
+    def _weight_regions(self, weights: Mapping[str, float | Tensor] | None, norm: float,
+                        cases: int) -> tuple[list[Interval], list[Tensor]]:
+        """The regions of the perturbed parameters (in name order) and the parameters themselves."""
         known = dict(self._module.named_parameters())
-        for name in weights:
+        for name in weights or {}:
             if name not in known:
                 raise ValueError(f"weights: '{name}' is not a parameter of the module "
                                  f"(it has {', '.join(known) or 'none'})")
-        names = sorted(weights)
-        return names, [weights[name] for name in names]
+        names = sorted(weights or {})
+        regions = [_ball(known[name].unsqueeze(0).expand(cases, *known[name].shape), weights[name], norm,
+                         f"weights['{name}']") for name in names]
+        return regions, [known[name] for name in names]
 
     def _as_batch(self, value: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
         if not isinstance(value, Tensor) or value.dim() < 1 or value[0].numel() != math.prod(shape):
