@@ -531,3 +531,70 @@ def test_shared_models_ball_bounds_hold_sampled_and_pushed_points(model_path, pr
         points = torch.cat([_sphere_points(centre, eps, norm, 40, generator, inside=False),
                             _pushed_points(model, centre, eps, norm, generator, steps=10)[:6]])
         _assert_inside(model, points, lower, upper, f"{Path(model_path).stem} {method} L{norm}")
+
+
+@pytest.mark.parametrize("norm", [2, 1])
+@pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
+def test_random_graph_ball_bounds_hold_sampled_and_pushed_points(tmp_path, family, norm):
+    """The random ONNX graph families of the box tests, over L2 and L1 balls, for every method."""
+    import numpy as np
+    import onnx
+
+    from tests.graphs import FAMILIES
+    from verifier.graph import build_network
+    from verifier.load import load_model
+
+    path = tmp_path / f"{family}.onnx"
+    onnx.save(FAMILIES[family](np.random.default_rng(24)), path)
+    loaded = load_model(str(path))
+    net = verifier.BoundedModule(str(path))
+    generator = torch.Generator().manual_seed(25)
+    centre = torch.randn(2, *net.input_shape, generator=generator)
+    eps = 0.3 * math.sqrt(centre[0].numel()) if norm == 2 else 0.3 * centre[0].numel() / 2
+
+    network = build_network(loaded)  # runs on batches, which the converted module of some graphs does not
+
+    def model(points):
+        return network(points.reshape(-1, *loaded.input_shape)).reshape(points.shape[0], -1)
+
+    points = torch.cat([_sphere_points(centre, eps, norm, 60, generator, inside=False),
+                        _sphere_points(centre, eps, norm, 60, generator, inside=True),
+                        _pushed_points(model, centre, eps, norm, generator, steps=10)[:8]])
+    for method in METHODS:
+        lower, upper = net.compute_bounds(centre, eps=eps, norm=norm, method=method)
+        _assert_inside(model, points, lower, upper, f"{family} {method} L{norm}")
+
+
+def _pushed_weights(model: nn.Module, names: list[str], radius: float, x: torch.Tensor, generator,
+                    steps: int = 20) -> list[dict[str, torch.Tensor]]:
+    """Weights driven by signed steps inside their boxes towards each output's extremes."""
+    centre = {name: tensor.detach() for name, tensor in model.named_parameters() if name in names}
+    draws = []
+    for row in range(model(x).shape[1]):
+        for sign in (1.0, -1.0):
+            offsets = {name: (torch.rand(c.shape, generator=generator) * 2 - 1) * radius for name, c in centre.items()}
+            for _ in range(steps):
+                for value in offsets.values():
+                    value.requires_grad_(True)
+                output = torch.func.functional_call(model, {n: centre[n] + offsets[n] for n in names}, (x,))
+                grads = torch.autograd.grad(sign * output[:, row].sum(), list(offsets.values()))
+                offsets = {n: (offsets[n].detach() + 0.3 * radius * g.sign()).clamp(-radius, radius)
+                           for n, g in zip(offsets, grads)}
+            draws.append({n: centre[n] + offsets[n] for n in names})
+    return draws
+
+
+def test_perturbed_weights_hold_pushed_weights():
+    torch.manual_seed(26)
+    model = _mlp().eval()
+    x = torch.randn(1, 5, generator=torch.Generator().manual_seed(27))
+    names = ["0.weight", "2.weight", "4.bias"]
+    net = verifier.BoundedModule(model, x)
+    draws = _pushed_weights(model, names, 0.05, x, torch.Generator().manual_seed(28))
+    for method in ("ibp", "crown", "forward", "alpha-crown"):
+        lower, upper = net.compute_bounds(x, eps=0.0, weights=dict.fromkeys(names, 0.05), method=method)
+        with torch.no_grad():
+            outputs = torch.stack([torch.func.functional_call(model, values, (x,)) for values in draws])
+        assert bool((outputs >= lower - 1e-5).all() and (outputs <= upper + 1e-5).all()), method
+        # the pushed weights reach close to the bounds: they are not far inside
+        assert bool(((outputs.amax(0) - upper).abs() < upper - lower).all())
