@@ -33,6 +33,7 @@ class ProgressState:
     running: dict[int, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     finished_here: int = 0
+    cluster: str = ""  # with --cluster: the nodes and actors alive
 
     def start(self, slot: int, label: str) -> None:
         self.running[slot] = label
@@ -94,6 +95,8 @@ def render(state: ProgressState, now: float) -> RenderableType:
     head.add_row(ProgressBar(total=max(state.total, 1), completed=state.done, width=30),
                  f"{state.done}/{state.total} done", f"elapsed {duration(state.elapsed(now))}",
                  f"left ~{duration(state.remaining(now))}")
+    if state.cluster:
+        head.add_row("", f"cluster: {state.cluster}", "", "")
     counts = Text(counts_text(state), style="bold red" if state.wrong else "")
     running = Table.grid()
     running.add_column(no_wrap=True, overflow="ellipsis")
@@ -131,8 +134,10 @@ class PlainDisplay:
 
     def finished(self, row: dict[str, str], judgement: str) -> None:
         now = time.time()
+        cluster = f" | {self.state.cluster}" if self.state.cluster else ""
         self._print(f"{finished_line(self.state, row, judgement)} | {counts_text(self.state)} | "
-                    f"elapsed {duration(self.state.elapsed(now))} left ~{duration(self.state.remaining(now))}")
+                    f"elapsed {duration(self.state.elapsed(now))} left ~{duration(self.state.remaining(now))}"
+                    f"{cluster}")
 
 
 class LiveDisplay:

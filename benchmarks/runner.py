@@ -32,10 +32,11 @@ from verifier.benchmarks.results import (
     write_text_atomic,
 )
 from verifier.benchmarks.scoring import Truth, judge, judge_row
-from verifier.benchmarks.workers import WORKERS_LOG, Reply, Worker, child_environment
+from verifier.benchmarks.workers import WORKERS_LOG, Reply, Worker, WorkerLost, child_environment
 
 REAL_VERIFIER = "verifier.benchmarks.worker_main:real_verifier"
 CHECK_SECONDS = 600.0
+CLUSTER_STATUS_SECONDS = 2.0
 
 
 def verify_command(*args: str) -> list[str]:
@@ -55,6 +56,7 @@ class RunOptions:
     settings_file: str | None = None   # a families file replacing verifier/families.yaml
     device: str = "cpu"
     seed: int = 0
+    cluster: str | None = None  # a Ray address ('auto', 'local', host:port): slots run in Ray actors
 
     def time_limit(self, instance: Instance) -> float:
         return min(instance.timeout * self.scale, self.cap)
@@ -100,17 +102,31 @@ class SuiteRun:
         self._failures: list[BaseException] = []
         self._display: Display | None = None
         self._log: IO[str] | None = None
+        self._ray: Any = None
+        self._threads = max(1, (os.cpu_count() or 1) // self.options.jobs)
+        self.requeued: set[tuple[str, str, str]] = set()  # instances whose actor died under them once
+        self.workers: dict[int, Any] = {}  # slot -> its current worker (tests kill them)
 
     def run(self, display: Display) -> None:
         """Run everything pending; Ctrl-C stops the workers (finished rows stay recorded)."""
         self._display = display
+        if self.options.cluster is not None:
+            from verifier.benchmarks.cluster import connect
+
+            self._ray = connect(self.options.cluster)
+            cpus = float(self._ray.cluster_resources().get("CPU", 1))
+            self._threads = max(1, int(cpus // self.options.jobs))
         slots = [threading.Thread(target=self._slot, args=(n,), daemon=True)
                  for n in range(min(self.options.jobs, len(self.pending)))]
         with open(self.store.folder / WORKERS_LOG, "a") as self._log, display:
             for slot in slots:
                 slot.start()
             try:
+                shown = 0.0
                 while any(slot.is_alive() for slot in slots):
+                    if self._ray is not None and time.monotonic() - shown > CLUSTER_STATUS_SECONDS:
+                        self._show_cluster()
+                        shown = time.monotonic()
                     time.sleep(0.1)
             finally:
                 self._stop.set()
@@ -123,6 +139,20 @@ class SuiteRun:
         with self._lock:
             return self.pending.popleft() if self.pending and not self._stop.is_set() else None
 
+    def _new_worker(self) -> Any:
+        """A local worker process, or with --cluster an actor placed by Ray."""
+        if self._ray is None:
+            return Worker(self.hooks.verifier, self._log)
+        from verifier.benchmarks.cluster import RemoteWorker
+
+        gpus = 1.0 if self.options.device == "cuda" else 0.0
+        return RemoteWorker(self._ray, self.hooks.verifier, self.store.folder, self._threads, gpus)
+
+    def _show_cluster(self) -> None:
+        from verifier.benchmarks.cluster import cluster_status
+
+        self.state.cluster = cluster_status(self._ray, sum(1 for w in list(self.workers.values()) if w.alive))
+
     def _slot(self, slot: int) -> None:
         worker = None
         try:
@@ -130,13 +160,18 @@ class SuiteRun:
                 if worker is None or not worker.alive:
                     if worker is not None:
                         worker.close()
-                    worker = Worker(self.hooks.verifier, self._log)
+                    worker = self.workers[slot] = self._new_worker()
                 with self._lock:
                     self.state.start(slot, instance.label)
                 began = time.monotonic()
                 limit = self.options.time_limit(instance)
-                reply = worker.run(self._task(instance, limit), limit + self.options.grace,
-                                   self.options.memory_cap_mb, self._stop)
+                try:
+                    reply = worker.run(self._task(instance, limit), limit + self.options.grace,
+                                       self.options.memory_cap_mb, self._stop)
+                except WorkerLost as lost:
+                    reply = self._lost(slot, instance, str(lost))
+                    if reply is False:
+                        continue
                 if reply is None:
                     return
                 self._finish(slot, instance, limit, reply, time.monotonic() - began)
@@ -147,11 +182,21 @@ class SuiteRun:
             if worker is not None:
                 worker.close()
 
+    def _lost(self, slot: int, instance: Instance, why: str) -> Reply | bool:
+        """An actor died under `instance`: queue it again the first time (False), else its reply
+        is `error`."""
+        with self._lock:
+            self.state.running.pop(slot, None)
+            if instance.key not in self.requeued:
+                self.requeued.add(instance.key)
+                self.pending.appendleft(instance)
+                return False
+        return Reply("error", note=f"lost twice: {why}")
+
     def _task(self, instance: Instance, limit: float) -> dict[str, Any]:
-        threads = max(1, (os.cpu_count() or 1) // self.options.jobs)
         return {"onnx": str(instance.onnx_path), "vnnlib": str(instance.vnnlib_path), "timeout": limit,
                 "settings": self.settings[instance.suite], "device": self.options.device,
-                "seed": self.options.seed, "threads": threads}
+                "seed": self.options.seed, "threads": self._threads}
 
     def _finish(self, slot: int, instance: Instance, limit: float, reply: Reply, seconds: float) -> None:
         verdict, note = reply.verdict, reply.note

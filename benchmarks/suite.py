@@ -69,6 +69,9 @@ def suite_parser() -> argparse.ArgumentParser:
                         "(keys: verify settings)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="run the --jobs slots in Ray actors: 'auto' (the running cluster), 'local' (a new "
+                        "one on this machine) or a Ray address; needs pip install -e \".[cluster]\"")
     _truth_option(parser)
     return parser
 
@@ -115,7 +118,7 @@ def _load_truth(option: str | None) -> dict[tuple[str, str, str], Truth]:
 
 def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(args.jobs, args.cap, args.scale, args.grace, args.memory_cap, tuple(args.overrides),
-                      args.settings, args.device, args.seed)
+                      args.settings, args.device, args.seed, args.cluster)
 
 
 def _run(args: argparse.Namespace, hooks: Hooks) -> int:

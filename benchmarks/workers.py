@@ -36,6 +36,10 @@ class Reply:
     note: str = ""
 
 
+class WorkerLost(Exception):
+    """The process running an instance died with it (a cluster's actor or node): it may run again."""
+
+
 class WorkerStartError(Exception):
     """A worker did not come up (its messages are in the workers log)."""
 

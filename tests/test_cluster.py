@@ -1,0 +1,120 @@
+"""`verify suite --cluster`: a local Ray cluster of two nodes (127.0.0.1), actors killed mid-run.
+
+Skipped where Ray is not installed (`pip install -e ".[cluster]"`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.fake_verifier import hooks
+from tests.test_suite import fake_suite, result_rows, run_fake
+from verifier.benchmarks.instances import collect
+from verifier.benchmarks.progress import PlainDisplay
+from verifier.benchmarks.results import RESULTS_CSV, ResultsStore, read_rows
+from verifier.benchmarks.runner import Hooks, RunOptions, SuiteRun, family_settings
+
+# every node of the test cluster on 127.0.0.1: Ray's switch for clusters on one machine makes it
+# take the loopback address as the node's (on Linux it takes the outward one otherwise)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e \".[cluster]\")")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    local = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    local.add_node(num_cpus=1)
+    yield local
+    ray.shutdown()
+    local.shutdown()
+
+
+def _suite_run(sources: list[Path], out: Path, options: RunOptions, run_hooks: Hooks) -> SuiteRun:
+    instances = collect(sources, None, sources[0])
+    store = ResultsStore(out, False, run_hooks.write)
+    return SuiteRun(instances, store, options, family_settings(instances, options), {}, run_hooks)
+
+
+def test_actors_killed_mid_run_lose_and_repeat_nothing(tmp_path, cluster):
+    suite = fake_suite(tmp_path / "suite", [""] * 30)
+    assert run_fake(str(suite), "--out", str(tmp_path / "local"), "--jobs", "2", "--truth", "none") in (0, 1)
+    run = _suite_run([suite], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), hooks())
+    killed: list[str] = []
+    chooser = random.Random(7)
+
+    def killer() -> None:
+        """SIGKILL the actor of a running instance at a few random moments, never one that an
+        earlier kill already hit (that one is allowed to fail only once)."""
+        while len(killed) < 3 and run.state.done < run.state.total:
+            time.sleep(chooser.uniform(0.05, 0.4))
+            candidates = [(slot, label) for slot, label in list(run.state.running.items())
+                          if label not in killed and slot in run.workers]
+            if candidates:
+                slot, label = chooser.choice(candidates)
+                killed.append(label)
+                os.kill(run.workers[slot].pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        run.run(PlainDisplay(run.state, io.StringIO()))
+    finally:
+        run.store.close()
+    thread.join()
+    assert killed and run.requeued, "no actor was killed under an instance: the test did not test anything"
+    rows = read_rows(tmp_path / "cluster" / RESULTS_CSV)
+    assert len({(r["onnx"], r["vnnlib"]) for r in rows}) == len(rows) == 30  # nothing lost or twice
+    assert result_rows(tmp_path / "cluster") == result_rows(tmp_path / "local")
+
+
+def test_the_real_verifier_on_the_examples_gives_the_local_verdicts(tmp_path, cluster):
+    local = _suite_run([EXAMPLES], tmp_path / "local", RunOptions(jobs=2), Hooks())
+    remote = _suite_run([EXAMPLES], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), Hooks())
+    for run in (local, remote):
+        try:
+            run.run(PlainDisplay(run.state, io.StringIO()))
+        finally:
+            run.store.close()
+    verdicts = [sorted((r["vnnlib"], r["verdict"], r["check"]) for r in read_rows(folder / RESULTS_CSV))
+                for folder in (tmp_path / "local", tmp_path / "cluster")]
+    assert verdicts[0] == verdicts[1]
+    assert [verdict for _, verdict, _ in verdicts[1]] == ["unsat", "sat"]
+    assert remote.state.cluster.startswith("2 nodes")
+
+
+def test_without_ray_the_cluster_option_is_one_user_error(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    suite = fake_suite(tmp_path / "suite", [""])
+    assert run_fake(str(suite), "--out", str(tmp_path / "out"), "--cluster", "auto") == 2
+    assert "Ray is not installed" in capsys.readouterr().err
+
+
+def test_limits_are_enforced_on_the_node_as_locally(tmp_path, cluster):
+    """Overruns, crashes and memory hogs inside actors: the local rules, and the run goes on."""
+    suite = fake_suite(tmp_path / "toy", ["hang", "answer unsat", "crash", "answer sat", "hog 400", "answer unsat"])
+    assert run_fake(str(suite), "--out", str(tmp_path / "out"), "--truth", "none", "--cap", "0.5", "--grace", "0.5",
+                    "--memory-cap", "200", "--jobs", "2", "--cluster", cluster.address) == 0
+    rows = {row["onnx"]: row for row in read_rows(tmp_path / "out" / RESULTS_CSV)}
+    assert [rows[f"m{k}.onnx"]["verdict"] for k in range(6)] == ["timeout", "unsat", "error", "sat", "error", "unsat"]
+    assert "exit code 3" in rows["m2.onnx"]["note"] and "memory cap" in rows["m4.onnx"]["note"]
+    assert rows["m3.onnx"]["check"] == "valid"
