@@ -79,13 +79,29 @@ def test_actors_killed_mid_run_lose_and_repeat_nothing(tmp_path, cluster):
 
 
 def test_the_real_verifier_on_the_examples_gives_the_local_verdicts(tmp_path, cluster):
+    """With one actor killed while the first instance runs (the real verifier takes seconds)."""
     local = _suite_run([EXAMPLES], tmp_path / "local", RunOptions(jobs=2), Hooks())
     remote = _suite_run([EXAMPLES], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), Hooks())
+
+    def kill_once() -> None:
+        deadline = time.monotonic() + 60
+        while not (remote.state.running and remote.workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.Random(3).uniform(0.2, 1.0))
+        slot = next(iter(remote.state.running), None)
+        if slot is not None and slot in remote.workers:
+            os.kill(remote.workers[slot].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once, daemon=True)
     for run in (local, remote):
+        if run is remote:
+            killer.start()
         try:
             run.run(PlainDisplay(run.state, io.StringIO()))
         finally:
             run.store.close()
+    killer.join()
+    assert remote.requeued, "the kill did not land on an instance"
     verdicts = [sorted((r["vnnlib"], r["verdict"], r["check"]) for r in read_rows(folder / RESULTS_CSV))
                 for folder in (tmp_path / "local", tmp_path / "cluster")]
     assert verdicts[0] == verdicts[1]
