@@ -9,6 +9,8 @@ import io
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -134,3 +136,24 @@ def test_limits_are_enforced_on_the_node_as_locally(tmp_path, cluster):
     assert [rows[f"m{k}.onnx"]["verdict"] for k in range(6)] == ["timeout", "unsat", "error", "sat", "error", "unsat"]
     assert "exit code 3" in rows["m2.onnx"]["note"] and "memory cap" in rows["m4.onnx"]["note"]
     assert rows["m3.onnx"]["check"] == "valid"
+
+
+def test_a_killed_driver_resumes_on_the_cluster(tmp_path, cluster):
+    from tests.conftest import REPO
+
+    suite = fake_suite(tmp_path / "fake", [""] * 20)
+    assert run_fake(str(suite), "--out", str(tmp_path / "local"), "--jobs", "2", "--truth", "none") in (0, 1)
+    command = [sys.executable, "-m", "tests.fake_verifier", "suite", str(suite), "--out", str(tmp_path / "cluster"),
+               "--jobs", "2", "--truth", "none", "--resume", "--cluster", cluster.address]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    for _ in range(1 + 6):  # its start line, then six recorded rows
+        driver.stdout.readline()
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    driver.stdout.close()
+    kept = len(read_rows(tmp_path / "cluster" / RESULTS_CSV))
+    assert 0 < kept < 20
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode in (0, 1), resumed.stderr[-2000:]
+    assert result_rows(tmp_path / "cluster") == result_rows(tmp_path / "local")
