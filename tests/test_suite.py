@@ -320,3 +320,41 @@ def test_the_cactus_plot_draws_one_line_per_results_folder(tmp_path):
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert suite_main(["suite-report", *map(str, folders), "--plot", str(tmp_path / "r.png"), "--truth", "none"]) == 0
     assert (tmp_path / "r.png").exists()
+
+
+def test_an_instance_lost_twice_is_an_error_and_one_lost_once_runs_again(tmp_path, monkeypatch):
+    """The re-queue rule of --cluster, with workers that die under chosen instances (no Ray)."""
+    from verifier.benchmarks.instances import collect
+    from verifier.benchmarks.progress import PlainDisplay
+    from verifier.benchmarks.runner import RunOptions, SuiteRun, family_settings
+    from verifier.benchmarks.workers import Reply, WorkerLost
+
+    suite = fake_suite(tmp_path / "toy", ["answer unsat", "answer sat", "answer unsat"])
+    losses = {"m0.onnx": 1, "m2.onnx": 2}  # times each instance's worker dies under it
+
+    class Dying:
+        alive = True
+
+        def run(self, task, limit, memory_cap_mb, stop):
+            name = Path(task["onnx"]).name
+            if losses.get(name, 0) > 0:
+                losses[name] -= 1
+                self.alive = False
+                raise WorkerLost("the actor died")
+            return Reply(Path(task["onnx"]).read_text().split()[1])
+
+        def close(self):
+            self.alive = False
+
+    monkeypatch.setattr(SuiteRun, "_new_worker", lambda self: Dying())
+    instances = collect([suite], None, suite)
+    options = RunOptions()
+    store = ResultsStore(tmp_path / "out", False)
+    run = SuiteRun(instances, store, options, family_settings(instances, options), {}, hooks())
+    try:
+        run.run(PlainDisplay(run.state, io.StringIO()))
+    finally:
+        store.close()
+    rows = {row["onnx"]: row for row in read_rows(tmp_path / "out" / RESULTS_CSV)}
+    assert [rows[f"m{k}.onnx"]["verdict"] for k in range(3)] == ["unsat", "sat", "error"]
+    assert rows["m2.onnx"]["note"] == "lost twice: the actor died" and len(rows) == 3
