@@ -28,10 +28,11 @@ from typing import Any
 from verifier.benchmarks.workers import POLL_SECONDS, WORKERS_LOG, Reply, Worker, WorkerLost
 from verifier.errors import UserError
 
-# Seconds the driver waits past an instance's limit (plus grace) before it gives an actor up: the
-# actor's own worker is killed at limit + grace, so only a stuck actor or node gets here.
-DRIVER_MARGIN = 30.0
 START_SECONDS = 300.0
+# Seconds the driver waits past an instance's limit (plus grace) before it gives an actor up: the
+# actor's own worker is killed at limit + grace, but it may first have to start one (up to
+# START_SECONDS, after a kill), so only a stuck actor or node gets here.
+DRIVER_MARGIN = START_SECONDS + 30.0
 
 
 def connect(address: str) -> Any:

@@ -115,7 +115,10 @@ class SuiteRun:
 
             self._ray = connect(self.options.cluster)
             cpus = float(self._ray.cluster_resources().get("CPU", 1))
-            self._threads = max(1, int(cpus // self.options.jobs))
+            # an actor must fit on one node: at most the largest node's CPUs
+            largest = max((node["Resources"].get("CPU", 1) for node in self._ray.nodes() if node.get("Alive")),
+                          default=1)
+            self._threads = max(1, int(min(cpus // self.options.jobs, largest)))
         slots = [threading.Thread(target=self._slot, args=(n,), daemon=True)
                  for n in range(min(self.options.jobs, len(self.pending)))]
         with open(self.store.folder / WORKERS_LOG, "a") as self._log, display:

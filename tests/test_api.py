@@ -598,3 +598,80 @@ def test_perturbed_weights_hold_pushed_weights():
         assert bool((outputs >= lower - 1e-5).all() and (outputs <= upper + 1e-5).all()), method
         # the pushed weights reach close to the bounds: they are not far inside
         assert bool(((outputs.amax(0) - upper).abs() < upper - lower).all())
+
+
+def test_parameters_of_layers_that_cannot_vary_them_are_refused():
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.rand(1, 3)
+    with pytest.raises(UserError, match="perturbed batch norm"):
+        verifier.BoundedModule(bn, x).compute_bounds(x, eps=0.0, weights={"1.weight": 1.0})
+    transposed = nn.Sequential(nn.ConvTranspose2d(1, 1, 2), nn.Flatten()).eval()
+    image = torch.rand(1, 1, 2, 2)
+    with pytest.raises(UserError, match="perturbed transposed convolution"):
+        verifier.BoundedModule(transposed, image).compute_bounds(image, eps=0.0, weights={"0.weight": 1.0})
+
+
+def test_a_subclass_with_its_own_forward_is_traced_into():
+    class ClippedLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x.clamp(-1, 1))
+
+    torch.manual_seed(29)
+    model = nn.Sequential(ClippedLinear(2, 2)).eval()
+    x = torch.full((1, 2), 2.5)
+    lower, upper = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.5)
+    points = _sphere_points(x, 0.5, math.inf, 200, torch.Generator().manual_seed(3), inside=True)
+    _assert_inside(model, points, lower, upper, "subclass")
+
+
+def test_bounds_follow_replaced_parameters_and_data():
+    torch.manual_seed(30)
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.rand(1, 3)
+    net = verifier.BoundedModule(model, x)
+    with torch.no_grad():
+        net.compute_bounds(x, eps=0.1)
+        model[0].weight.data = model[0].weight.data * 10  # the version counter does not move
+        model[2].weight = nn.Parameter(torch.randn(2, 3))  # a new tensor at version 0
+        fresh = verifier.BoundedModule(model, x).compute_bounds(x, eps=0.1)
+        assert all(torch.equal(a, b) for a, b in zip(net.compute_bounds(x, eps=0.1), fresh))
+
+
+def test_unbounded_values_give_infinite_bounds_not_nan():
+    class LogOfRelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.second(torch.log(torch.relu(self.first(x))))
+
+    torch.manual_seed(31)
+    x = torch.zeros(1, 2)
+    net = verifier.BoundedModule(LogOfRelu(), x)
+    for method in METHODS:
+        lower, upper = net.compute_bounds(x, eps=1.0, method=method)
+        assert not bool(torch.isnan(lower).any() or torch.isnan(upper).any()), method
+
+
+def test_per_element_radii_are_refused():
+    net = verifier.BoundedModule(_mlp(), torch.rand(1, 5))
+    with pytest.raises(ValueError, match=r"one per batch entry \[B=1\]"):
+        net.compute_bounds(torch.rand(1, 5), eps=torch.full((1, 5), 0.1))
+
+
+def test_variadic_methods_and_keyword_only_operands():
+    class Moves(nn.Module):
+        def forward(self, x):
+            return x.reshape(-1, 2, 2).permute(0, 2, 1).flip(1).reshape(1, 4)
+
+    x = torch.rand(1, 4)
+    lower, upper = verifier.BoundedModule(Moves(), x).compute_bounds(x, eps=0.1)
+    assert torch.allclose(lower, Moves()(x) - 0.1) and torch.allclose(upper, Moves()(x) + 0.1)
+
+    class Scaled(nn.Module):
+        def forward(self, x):
+            return torch.add(x, x, alpha=2)
+
+    with pytest.raises(UserError, match="add with alpha=2"):
+        verifier.BoundedModule(Scaled(), x).compute_bounds(x, eps=0.1)

@@ -56,7 +56,7 @@ class BoundedModule:
         else:
             raise TypeError(f"model: expected a torch.nn.Module or an ONNX path, got {type(model).__name__}")
         self._fused: LoadedModel | None = None  # the module with its cross-entropy, for robust_loss
-        self._built: dict[tuple, tuple[tuple[int, ...], Network]] = {}
+        self._built: dict[tuple, tuple[tuple, Network]] = {}
         self._last: tuple[Network, list[Interval | None]] | None = None
 
     @property
@@ -199,7 +199,8 @@ class BoundedModule:
         version counters moved) and, for gradients, at every call, so that the constants derived
         from them (a batch norm's scale) carry this step's autograd history."""
         key = (id(loaded), *(id(v) for v in variables))
-        versions = tuple(t._version for t in self._tensors())
+        # a tensor replaced (a new Parameter, `p.data = ...`) keeps its version counter at 0
+        versions = tuple((id(t), t.data_ptr(), t._version) for t in self._tensors())
         cached = self._built.get(key)
         if not gradients and cached is not None and cached[0] == versions:
             return cached[1]
@@ -227,6 +228,7 @@ class BoundedModule:
         final = backward_bound(network, network.output, coeffs, bounds, found, "final")
         better = searched.bound.lower > final.lower
         final.lower = torch.where(better, final.lower + (searched.bound.lower - final.lower).detach(), final.lower)
+        final.magnitude = torch.where(better, searched.bound.magnitude, final.magnitude)  # sizes its margin
         return combined_bounds(network, region, bounds, final, spec, sides)
 
 
@@ -250,6 +252,9 @@ def _ball(point: Tensor, eps: float | Tensor, norm: float, name: str) -> Interva
     if float(norm) not in NORMS:
         raise ValueError(f"norm {norm}: expected float('inf'), 2 or 1")
     radius = torch.as_tensor(eps, dtype=point.dtype, device=point.device)
+    if radius.dim() > 1 or (radius.dim() == 1 and radius.shape[0] != point.shape[0]):
+        raise ValueError(f"{name}: a radius is a number or one per batch entry [B={point.shape[0]}], "
+                         f"got shape {tuple(radius.shape)}")
     if bool((radius < 0).any()):
         raise ValueError(f"{name} {eps}: a radius cannot be negative")
     return lp_ball(point, radius, float(norm))

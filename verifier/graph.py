@@ -152,12 +152,14 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                 truth[node] = _fetch_attr(module, node.target)
                 env[node] = builder.parameter(truth[node])
             elif node.op in ("call_module", "call_function", "call_method"):
-                target, node_args, node_kwargs = _call(module, node, truth)
+                target, node_args, node_kwargs, options = _call(module, node, truth)
                 key = node.target if node.op == "call_module" else node.name
                 op_type, name = model.onnx_nodes.get(key, (getattr(target, "__name__", str(target)), node.name))
                 builder.label = f"{op_type} '{name}'"
                 builder.exec_dtype = model.node_dtypes.get(name, model.dtype)
-                args = _positional(target, fx.node.map_arg(node_args, env.get), fx.node.map_arg(node_kwargs, env.get))
+                # keyword-only operands (a dtype, torch.add's alpha) are the truth's, not the factories'
+                factory_kwargs = {} if options is not None else fx.node.map_arg(node_kwargs, env.get)
+                args = _positional(target, fx.node.map_arg(node_args, env.get), factory_kwargs)
                 truth_args, truth_kwargs = fx.node.map_arg((node_args, node_kwargs), truth.get)
                 if node.op == "call_module":  # onnx2torch's modules: operands after a skipped one
                     truth_args, truth_kwargs = _positional(target, truth_args, truth_kwargs), {}
@@ -165,11 +167,20 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                     truth[node] = target(*truth_args, **truth_kwargs)
                 except Exception as error:  # noqa: BLE001
                     raise ModelError(model.path, f"{builder.label} fails on a sample input: {error}") from None
+                if options:  # keyword-only operands away from their defaults: no factory reads them
+                    op_type = f"{op_type} with {', '.join(f'{k}={v!r}' for k, v in options.items())}"
+                    target = None
                 env[node] = _build_node(builder, target, args, truth[node], op_type, unsupported)
             elif node.op == "output":
                 output = env[node.args[0]] if not isinstance(node.args[0], (tuple, list)) else None
     if unsupported:
         raise ModelError(model.path, f"unsupported operators: {describe_unsupported(unsupported)}")
+    consumed = {index for node in builder.nodes for index in node.inputs}
+    if any(value.index not in consumed for value in builder.variables.values()):
+        # a factory read the parameter itself (a layer whose rule cannot vary it): bounds over its
+        # perturbation would silently hold it fixed
+        raise ModelError(model.path, "a perturbed parameter is used by a layer that cannot vary it "
+                         "(only the weights and biases of linear layers can)")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
     return Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
@@ -222,24 +233,24 @@ def _check_against_truth(builder: Builder, result: object, truth: object) -> Non
             raise RuntimeError(f"{builder.label}: rule disagrees with the operator by {error:.3g}")
 
 
-def _call(module: fx.GraphModule, node: fx.Node, truth: dict[fx.Node, object]) -> tuple[object, tuple, dict]:
-    """The callable of a call node, its positional operands, and its keyword-only ones.
+def _call(module: fx.GraphModule, node: fx.Node,
+          truth: dict[fx.Node, object]) -> tuple[object, tuple, dict, dict | None]:
+    """The callable of a call node, its operands (positional, keyword) and, where the keywords
+    were normalised, the keyword-only ones away from their defaults (None: not normalised).
 
-    A method call `x.f(...)` becomes `torch.f(x, ...)` where torch has that function (else the
-    unbound `Tensor.f`), so that both spellings reach one factory. Operands given by keyword
-    are put in their schema's positions, with the defaults before them filled in, found from the
-    operands' types (torch's builtins have no Python signature); the keyword-only ones (a dtype,
-    torch.add's alpha) stay keywords, and factories get them after the positional ones.
+    A method call `x.f(...)` is the unbound `Tensor.f`, or with keyword operands `torch.f(x, ...)`
+    where torch has it, whose schema puts them in their positions (with the defaults before them
+    filled in, found from the operands' types: torch's builtins have no Python signature); the
+    keyword-only ones (a dtype, torch.add's alpha) stay keywords, for the truth's evaluation.
     """
     if node.op == "call_module":
-        return module.get_submodule(node.target), node.args, node.kwargs
+        return module.get_submodule(node.target), node.args, node.kwargs, None
     target = node.target
     if node.op == "call_method":
-        target = getattr(torch, node.target, None)
-        if not callable(target):
-            target = getattr(torch.Tensor, node.target)
+        function = getattr(torch, node.target, None)
+        target = function if callable(function) and node.kwargs else getattr(torch.Tensor, node.target)
     if not node.kwargs:
-        return target, node.args, node.kwargs
+        return target, node.args, node.kwargs, {}
     def kind(value: object) -> type:
         value = truth[value] if isinstance(value, fx.Node) else value
         return Tensor if isinstance(value, Tensor) else type(value)
@@ -252,14 +263,25 @@ def _call(module: fx.GraphModule, node: fx.Node, truth: dict[fx.Node, object]) -
     except (RuntimeError, TypeError, ValueError):
         normalized = None
     if normalized is None:
-        return target, node.args, node.kwargs
+        return target, node.args, node.kwargs, None
     names = list(normalized.kwargs)
     for signature in get_signature_for_torch_op(target) or [_signature(target)]:
         if signature is not None and list(signature.parameters) == names:
             keyword_only = {name for name, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY}
+            changed = {name: value for name, value in normalized.kwargs.items()
+                       if name in keyword_only and not _is_default(value, signature.parameters[name].default)}
             return (target, tuple(v for n, v in normalized.kwargs.items() if n not in keyword_only),
-                    {n: v for n, v in normalized.kwargs.items() if n in keyword_only})
-    return target, node.args, node.kwargs
+                    {n: v for n, v in normalized.kwargs.items() if n in keyword_only}, changed)
+    return target, node.args, node.kwargs, None
+
+
+def _is_default(value: object, default: object) -> bool:
+    if value is default:
+        return True
+    try:
+        return bool(value == default)
+    except (TypeError, RuntimeError, ValueError):  # a tensor against a default
+        return False
 
 
 def _signature(target) -> inspect.Signature | None:

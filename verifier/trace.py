@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from verifier.bounds import factory_for
+from verifier.bounds.core import covers_exactly
 from verifier.errors import ModelError, first_line
 from verifier.load import LoadedModel
 
@@ -60,8 +61,13 @@ class _Tracer(fx.Tracer):
     modules of a converted ONNX model, which a module may wrap), rather than tracing into it."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        covered = factory_for(module) is not None and not isinstance(module, nn.Sequential)
-        return covered or super().is_leaf_module(module, qualified_name)
+        if isinstance(module, nn.Sequential):
+            return False
+        if covers_exactly(module):
+            return True
+        # torch's own layers stay leaves (and are refused by name if no rule covers them); a
+        # subclass of one with its own forward is traced into
+        return super().is_leaf_module(module, qualified_name) and factory_for(module) is None
 
 
 def _key(node: fx.Node) -> str:

@@ -231,6 +231,7 @@ class Sign(Elementwise):
 @register(nn.ReLU, "Relu")
 @register(torch.relu)
 @register(F.relu)
+@register(torch.Tensor.relu)
 def relu_factory(builder, module, args):
     return builder.add(ReLU(), [args[0]])
 
@@ -238,6 +239,7 @@ def relu_factory(builder, module, args):
 @register(nn.Sigmoid, "Sigmoid")
 @register(torch.sigmoid)
 @register(F.sigmoid)
+@register(torch.Tensor.sigmoid)
 def sigmoid_factory(builder, module, args):
     return builder.add(Sigmoid(), [args[0]])
 
@@ -245,6 +247,7 @@ def sigmoid_factory(builder, module, args):
 @register(nn.Tanh, "Tanh")
 @register(torch.tanh)
 @register(F.tanh)
+@register(torch.Tensor.tanh)
 def tanh_factory(builder, module, args):
     return builder.add(Tanh(), [args[0]])
 
@@ -296,6 +299,8 @@ def clip_factory(builder, module, args):
 
 @register(torch.clamp)
 @register(torch.clip)
+@register(torch.Tensor.clamp)
+@register(torch.Tensor.clip)
 @register(F.hardtanh)
 @register(F.relu6)
 def clamp_function_factory(builder, function, args):
@@ -307,6 +312,8 @@ def clamp_function_factory(builder, function, args):
     else:
         defaults = (-1.0, 1.0) if function is F.hardtanh else (None, None)
         given = list(args[1:3]) + list(defaults[len(args) - 1:])
+        if any(v is not None and torch.as_tensor(v).numel() != 1 for v in given[:2]):
+            raise Unsupported("a clamp with bounds per element")
         low, high = (None if v is None else float(v) for v in given[:2])
     return _clip(builder, args[0], low, high)
 

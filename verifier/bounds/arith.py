@@ -157,16 +157,15 @@ def binary_factory(builder, module, args):
     return binary(builder, module.math_op_function.__name__, first, second)
 
 
-# The functional forms of a torch.fx trace (a method call x.add(y) reaches torch.add), by the
-# name of the ONNX operation each one is.
-_BINARY_FUNCTIONS = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
-                     operator.mul: "mul", torch.mul: "mul", operator.truediv: "_onnx_div", torch.div: "_onnx_div"}
+# The functional forms of a torch.fx trace, by the name of the ONNX operation each one is.
+_BINARY_FUNCTIONS = {operator.add: "add", torch.add: "add", torch.Tensor.add: "add",
+                     operator.sub: "sub", torch.sub: "sub", torch.Tensor.sub: "sub",
+                     operator.mul: "mul", torch.mul: "mul", torch.Tensor.mul: "mul",
+                     operator.truediv: "_onnx_div", torch.div: "_onnx_div", torch.Tensor.div: "_onnx_div"}
 
 
 def binary_function_factory(builder, function, args):
-    first, second, *extra = args
-    if extra and extra[0] not in (1, None):  # torch.add's alpha, torch.div's rounding mode
-        raise Unsupported(f"{function.__name__} with the extra operand {extra[0]!r}")
+    first, second = args[:2]  # the keyword-only alpha and rounding mode are refused before (graph.py)
     return binary(builder, _BINARY_FUNCTIONS[function], first, second)
 
 
@@ -209,6 +208,7 @@ def _two_variables(builder, op: str, first, second):
 @register(OnnxNeg, "Neg")
 @register(operator.neg)
 @register(torch.neg)
+@register(torch.Tensor.neg)
 def neg_factory(builder, module, args):
     return affine(builder, args[0], scale=-torch.ones(()))
 

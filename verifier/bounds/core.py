@@ -261,6 +261,15 @@ def factory_for(module: object) -> Factory | None:
     return None
 
 
+def covers_exactly(module: nn.Module) -> bool:
+    """Whether a rule covers this module as it computes: its class, or a subclass that keeps the
+    registered class's `forward` (a subclass with its own forward computes something else)."""
+    for cls in type(module).__mro__:
+        if cls in _FACTORIES:
+            return type(module).forward is cls.forward
+    return False
+
+
 def supported_onnx_ops() -> frozenset[str]:
     return frozenset(_ONNX_OPS)
 

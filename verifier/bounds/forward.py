@@ -120,7 +120,10 @@ def rows_bound(coeffs: Tensor, forms: Forms, region: Interval) -> LinearBound:
     part = concretize_input(linear.reshape(batch, rows, *region.lower.shape[1:]), region)
     magnitude = part.magnitude + torch.bmm(flat.abs(), torch.maximum(forms.lower_bias.abs(), forms.upper_bias.abs())
                                            .reshape(batch, -1, 1)).squeeze(-1)
-    return LinearBound(part.lower + bias, magnitude)
+    lower = part.lower + bias
+    # 0 * inf (a zero coefficient on an unbounded form) is NaN: unbounded
+    return LinearBound(torch.where(torch.isnan(lower), -torch.inf, lower),
+                       torch.where(torch.isnan(magnitude), torch.inf, magnitude))
 
 
 def _lowest(coefficients: Tensor, bias: Tensor, region: Interval) -> Tensor:

@@ -276,6 +276,7 @@ def matmul_factory(builder, module, args):
 
 @register(operator.matmul)
 @register(torch.matmul)
+@register(torch.Tensor.matmul)
 def matmul_function_factory(builder, function, args):
     return _matmul(builder, *args)
 
@@ -303,12 +304,16 @@ def _matmul(builder, left, right):
     return builder.add(Transpose(swap), [product])
 
 
+def _fixed_parameters(builder, module, what: str) -> None:
+    if any(builder.is_variable(builder.parameter(t)) for t in (module.weight, module.bias)):
+        raise Unsupported(f"a perturbed {what} weight or bias")
+
+
 @register(nn.Conv1d, "Conv")
 @register(nn.Conv2d, "Conv")
 @register(nn.Conv3d, "Conv")
 def conv_factory(builder, module, args):
-    if any(builder.is_variable(builder.parameter(t)) for t in (module.weight, module.bias)):
-        raise Unsupported("a perturbed convolution weight")
+    _fixed_parameters(builder, module, "convolution")
     out_shape = tuple(builder.evaluate(module, args).shape)
     return builder.add(Conv(module, args[0].shape, out_shape), [args[0]])
 
@@ -317,6 +322,7 @@ def conv_factory(builder, module, args):
 @register(nn.ConvTranspose2d, "ConvTranspose")
 @register(nn.ConvTranspose3d, "ConvTranspose")
 def conv_transpose_factory(builder, module, args):
+    _fixed_parameters(builder, module, "transposed convolution")
     out_shape = tuple(builder.evaluate(module, args).shape)
     return builder.add(ConvTranspose(module, args[0].shape, out_shape), [args[0]])
 
@@ -325,6 +331,7 @@ def conv_transpose_factory(builder, module, args):
 @register(nn.BatchNorm2d, "BatchNormalization")
 @register(nn.BatchNorm3d, "BatchNormalization")
 def batch_norm_factory(builder, module, args):
+    _fixed_parameters(builder, module, "batch norm")
     if module.running_mean is None or module.running_var is None:
         raise Unsupported("BatchNormalization without running statistics")
     x = args[0]
@@ -352,12 +359,14 @@ def _reduce(builder, x, axes, keepdim: bool, mean: bool):
 
 @register(torch.sum)
 @register(torch.mean)
+@register(torch.Tensor.sum)
+@register(torch.Tensor.mean)
 def reduce_function_factory(builder, function, args):
-    """torch.sum / torch.mean (x, dim=None, keepdim=False): a dim of None reduces every axis."""
+    """sum / mean (x, dim=None, keepdim=False): a dim of None reduces every axis."""
     x, axes, keepdim = (list(args) + [None, False])[:3]
     if isinstance(axes, int):
         axes = (axes,)
-    return _reduce(builder, x, axes, bool(keepdim), function is torch.mean)
+    return _reduce(builder, x, axes, bool(keepdim), function in (torch.mean, torch.Tensor.mean))
 
 
 @register(reduce.OnnxReduceStaticAxes, "ReduceSum", "ReduceMean")

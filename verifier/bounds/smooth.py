@@ -363,11 +363,16 @@ def function(builder, name: str, x):
 @register(torch.log)
 @register(torch.sin)
 @register(torch.cos)
+@register(torch.Tensor.exp)
+@register(torch.Tensor.log)
+@register(torch.Tensor.sin)
+@register(torch.Tensor.cos)
 def function_call_factory(builder, torch_function, args):
     return function(builder, torch_function.__name__, args[0])
 
 
 @register(torch.sqrt)
+@register(torch.Tensor.sqrt)
 def sqrt_function_factory(builder, function, args):
     return builder.add(Sqrt(), [args[0]])
 

@@ -68,6 +68,7 @@ def softmax_legacy_factory(builder, module, args):
 
 @register(F.softmax)
 @register(torch.softmax)
+@register(torch.Tensor.softmax)
 def softmax_function_factory(builder, function, args):
     x, axis = (list(args) + [None])[:2]
     if axis is None:
