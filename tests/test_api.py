@@ -675,3 +675,19 @@ def test_variadic_methods_and_keyword_only_operands():
 
     with pytest.raises(UserError, match="add with alpha=2"):
         verifier.BoundedModule(Scaled(), x).compute_bounds(x, eps=0.1)
+
+
+def test_fused_loss_stays_finite_where_the_exponential_overflows():
+    """Differences of logits above 88 overflow float32's exp: the bound falls back to max + log K."""
+    torch.manual_seed(32)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(60.0)
+    x = torch.randn(2, 4)
+    labels = torch.tensor([0, 3])
+    bound = verifier.BoundedModule(model, x).robust_loss(x, labels, eps=1.0, method="crown")
+    assert bool(torch.isfinite(bound).all())
+    points = _sphere_points(x, 1.0, math.inf, 400, torch.Generator().manual_seed(4), inside=True)
+    with torch.no_grad():
+        losses = F.cross_entropy(model(points.reshape(-1, 4)), labels.repeat(400), reduction="none")
+    assert bool((losses.reshape(400, 2) <= bound).all())

@@ -23,6 +23,7 @@ from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.bounds.relaxation import AlphaStore
+from verifier.bounds.smooth import Exp
 from verifier.graph import build_network
 from verifier.load import LoadedModel, load_model
 from verifier.output_bounds import OutputBounds, bound_outputs, combined_bounds, output_rows
@@ -122,7 +123,18 @@ class BoundedModule:
         regions, variables = self._weight_regions(weights, weight_norm, cases)
         result = self._bound(self._fused, variables, [region, Interval(onehot, onehot), *regions], method, None,
                              (False, True), alpha)
-        return result.upper.reshape(cases)
+        return torch.minimum(result.upper.reshape(cases), self._largest_margin_bound(cases))
+
+    def _largest_margin_bound(self, cases: int) -> Tensor:
+        """log sum_j exp(d_j) <= max_j d_j + log K, from the bounds of the differences d = z - z_y
+        that the fused pass found (the input of its exponential): finite where the exponential of
+        a large difference overflows, and outwards by a few roundings of that sum."""
+        network, bounds = self._last
+        exponentials = [index for index, node in enumerate(network.nodes)
+                        if node.rule is not None and isinstance(network.rules[node.rule], Exp)]
+        differences = bounds[network.nodes[exponentials[-1]].inputs[0]]
+        largest = differences.upper.reshape(cases, -1).amax(1) + math.log(self.num_outputs)
+        return largest + 8 * torch.finfo(largest.dtype).eps * (largest.abs() + 1)
 
     def intermediate_bounds(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Every node's interval from the last call, by node label (the operation and where the
