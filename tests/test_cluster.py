@@ -5,7 +5,6 @@ Skipped where Ray is not installed (`pip install -e ".[cluster]"`).
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import signal
@@ -13,17 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLES
 from tests.fake_verifier import hooks
-from tests.test_suite import fake_suite, result_rows, run_fake
-from verifier.benchmarks.instances import collect
-from verifier.benchmarks.progress import PlainDisplay
-from verifier.benchmarks.results import RESULTS_CSV, ResultsStore, read_rows
-from verifier.benchmarks.runner import Hooks, RunOptions, SuiteRun, family_settings
+from tests.test_suite import fake_suite, result_rows, run_fake, run_to_end, suite_run
+from verifier.benchmarks.results import RESULTS_CSV, read_rows
+from verifier.benchmarks.runner import Hooks, RunOptions
 
 # every node of the test cluster on 127.0.0.1: Ray's switch for clusters on one machine makes it
 # take the loopback address as the node's (on Linux it takes the outward one otherwise)
@@ -42,16 +38,10 @@ def cluster():
     local.shutdown()
 
 
-def _suite_run(sources: list[Path], out: Path, options: RunOptions, run_hooks: Hooks) -> SuiteRun:
-    instances = collect(sources, None, sources[0])
-    store = ResultsStore(out, False, run_hooks.write)
-    return SuiteRun(instances, store, options, family_settings(instances, options), {}, run_hooks)
-
-
 def test_actors_killed_mid_run_lose_and_repeat_nothing(tmp_path, cluster):
     suite = fake_suite(tmp_path / "suite", [""] * 30)
     assert run_fake(str(suite), "--out", str(tmp_path / "local"), "--jobs", "2", "--truth", "none") in (0, 1)
-    run = _suite_run([suite], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), hooks())
+    run = suite_run([suite], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), hooks())
     killed: list[str] = []
     chooser = random.Random(7)
 
@@ -69,10 +59,7 @@ def test_actors_killed_mid_run_lose_and_repeat_nothing(tmp_path, cluster):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    try:
-        run.run(PlainDisplay(run.state, io.StringIO()))
-    finally:
-        run.store.close()
+    run_to_end(run)
     thread.join()
     assert killed and run.requeued, "no actor was killed under an instance: the test did not test anything"
     rows = read_rows(tmp_path / "cluster" / RESULTS_CSV)
@@ -82,8 +69,8 @@ def test_actors_killed_mid_run_lose_and_repeat_nothing(tmp_path, cluster):
 
 def test_the_real_verifier_on_the_examples_gives_the_local_verdicts(tmp_path, cluster):
     """With one actor killed while the first instance runs (the real verifier takes seconds)."""
-    local = _suite_run([EXAMPLES], tmp_path / "local", RunOptions(jobs=2), Hooks())
-    remote = _suite_run([EXAMPLES], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), Hooks())
+    local = suite_run([EXAMPLES], tmp_path / "local", RunOptions(jobs=2), Hooks())
+    remote = suite_run([EXAMPLES], tmp_path / "cluster", RunOptions(jobs=2, cluster=cluster.address), Hooks())
 
     def kill_once() -> None:
         deadline = time.monotonic() + 60
@@ -95,13 +82,9 @@ def test_the_real_verifier_on_the_examples_gives_the_local_verdicts(tmp_path, cl
             os.kill(remote.workers[slot].pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_once, daemon=True)
-    for run in (local, remote):
-        if run is remote:
-            killer.start()
-        try:
-            run.run(PlainDisplay(run.state, io.StringIO()))
-        finally:
-            run.store.close()
+    run_to_end(local)
+    killer.start()
+    run_to_end(remote)
     killer.join()
     assert remote.requeued, "the kill did not land on an instance"
     verdicts = [sorted((r["vnnlib"], r["verdict"], r["check"]) for r in read_rows(folder / RESULTS_CSV))

@@ -48,6 +48,24 @@ def run_fake(*args: str) -> int:
     return suite_main(["suite", *args], hooks())
 
 
+def suite_run(sources: list[Path], out: Path, options, run_hooks):
+    """A SuiteRun over the suites `sources`, writing to `out` (no truth), as `verify suite` makes it."""
+    from verifier.benchmarks.instances import collect
+    from verifier.benchmarks.runner import SuiteRun, family_settings
+
+    instances = collect(sources, None, sources[0])
+    store = ResultsStore(out, False, run_hooks.write)
+    return SuiteRun(instances, store, options, family_settings(instances, options), {}, run_hooks)
+
+
+def run_to_end(run) -> None:
+    """Run everything pending with plain progress lines kept out of the test's output."""
+    try:
+        run.run(PlainDisplay(run.state, io.StringIO()))
+    finally:
+        run.store.close()
+
+
 def result_rows(folder: Path) -> list[tuple[str, ...]]:
     """Rows of a results folder without the wall time, which differs between runs."""
     return sorted(tuple(v for k, v in row.items() if k != "seconds") for row in read_rows(folder / RESULTS_CSV))
@@ -324,9 +342,7 @@ def test_the_cactus_plot_draws_one_line_per_results_folder(tmp_path):
 
 def test_an_instance_lost_twice_is_an_error_and_one_lost_once_runs_again(tmp_path, monkeypatch):
     """The re-queue rule of --cluster, with workers that die under chosen instances (no Ray)."""
-    from verifier.benchmarks.instances import collect
-    from verifier.benchmarks.progress import PlainDisplay
-    from verifier.benchmarks.runner import RunOptions, SuiteRun, family_settings
+    from verifier.benchmarks.runner import RunOptions, SuiteRun
     from verifier.benchmarks.workers import Reply, WorkerLost
 
     suite = fake_suite(tmp_path / "toy", ["answer unsat", "answer sat", "answer unsat"])
@@ -347,14 +363,7 @@ def test_an_instance_lost_twice_is_an_error_and_one_lost_once_runs_again(tmp_pat
             self.alive = False
 
     monkeypatch.setattr(SuiteRun, "_new_worker", lambda self: Dying())
-    instances = collect([suite], None, suite)
-    options = RunOptions()
-    store = ResultsStore(tmp_path / "out", False)
-    run = SuiteRun(instances, store, options, family_settings(instances, options), {}, hooks())
-    try:
-        run.run(PlainDisplay(run.state, io.StringIO()))
-    finally:
-        store.close()
+    run_to_end(suite_run([suite], tmp_path / "out", RunOptions(), hooks()))
     rows = {row["onnx"]: row for row in read_rows(tmp_path / "out" / RESULTS_CSV)}
     assert [rows[f"m{k}.onnx"]["verdict"] for k in range(3)] == ["unsat", "sat", "error"]
     assert rows["m2.onnx"]["note"] == "lost twice: the actor died" and len(rows) == 3

@@ -83,13 +83,11 @@ class BoundedModule:
         radius: each then varies in its own ball of that radius and of `weight_norm` around its
         value, together with the input (give `eps=0` for the weights alone). Only weights of
         linear layers (and biases) may vary. `method`: "ibp", "crown", "crown-ibp" (IBP
-        intermediate bounds, CROWN at the output) or "alpha-crown" (optimised relaxations,
-        `alpha` configures the search). A side not asked for (`bound_lower`, `bound_upper`) is
-        None and costs nothing. The bounds hold in floating point for the model as it computes in
-        its dtype.
+        intermediate bounds, CROWN at the output), "forward" (forward-mode linear bounds) or
+        "alpha-crown" (optimised relaxations, `alpha` configures the search). A side not asked
+        for (`bound_lower`, `bound_upper`) is None and costs nothing. The bounds hold in floating
+        point for the model as it computes in its dtype.
         """
-        if method not in METHODS:
-            raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
         region = self._region(x, eps, norm, lower, upper)
         cases = region.lower.shape[0]
         spec = self._spec(C, cases, region.lower)
@@ -109,8 +107,6 @@ class BoundedModule:
         per sample), so the cost does not grow with the number of classes as bounding every
         margin z_y - z_j does.
         """
-        if method not in METHODS:
-            raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
         region = self._region(x, eps, norm, lower, upper)
         cases = region.lower.shape[0]
         if labels.shape != (cases,):
@@ -149,6 +145,8 @@ class BoundedModule:
 
     def _bound(self, loaded: LoadedModel, variables: list[Tensor], regions: list[Interval], method: str,
                spec: Tensor | None, sides: tuple[bool, bool], alpha: AlphaSettings | None) -> OutputBounds:
+        if method not in METHODS:
+            raise ValueError(f"method '{method}': expected one of {', '.join(METHODS)}")
         region = _joint(regions)
         gradients = torch.is_grad_enabled() and (any(r.lower.requires_grad for r in regions) or self._trainable())
         network = self._network(loaded, variables, gradients)
@@ -207,8 +205,8 @@ class BoundedModule:
         return [*self._module.parameters(), *self._module.buffers()]
 
     def _network(self, loaded: LoadedModel, variables: list[Tensor], gradients: bool) -> Network:
-        """The Network for the module's current parameters: rebuilt when they have changed (their
-        version counters moved) and, for gradients, at every call, so that the constants derived
+        """The Network for the module's current parameters: rebuilt when they have changed (a
+        tensor's id, storage or version moved) and, for gradients, at every call, so that the constants derived
         from them (a batch norm's scale) carry this step's autograd history."""
         key = (id(loaded), *(id(v) for v in variables))
         # a tensor replaced (a new Parameter, `p.data = ...`) keeps its version counter at 0

@@ -82,10 +82,7 @@ def forward_bounds(network: Network, region: Interval, time_left: Callable[[], f
         rule = network.rules[node.rule]
         inputs = [intervals[i] for i in node.inputs]
         ibp = node_interval(network, index, intervals, errors)
-        try:
-            current = rule.forward_forms(*(forms[i] for i in node.inputs), bounds=inputs)
-        except NotImplementedError:
-            current = None
+        current = rule.forward_forms(*(forms[i] for i in node.inputs), bounds=inputs)
         if current is None:
             current = Forms.constant(ibp, forms[0].inputs)
         else:
