@@ -165,6 +165,9 @@ def load_model(path: str) -> LoadedModel:
     model.CopyFrom(original)
     _make_node_names_unique(model)
     _strip_empty_trailing_inputs(model)
+    _constants_as_initializers(model)
+    _separate_multi_output_results(model)
+    _explicit_same_pads(model)
     unbounded = _unbounded_operators(model, input_name)
     if unbounded:
         raise ModelError(path, f"unsupported operators: {describe_unsupported(unbounded)}")
@@ -253,6 +256,90 @@ def _make_node_names_unique(model: onnx.ModelProto) -> None:
         taken.add(name.replace(".", "/"))
 
 
+def _constants_as_initializers(model: onnx.ModelProto) -> None:
+    """Turn Constant nodes into initializers: onnx2torch reads the weights of Conv, Gemm and
+    BatchNormalization (and Split's sizes) only from initializers, and exporters such as
+    onnxscript write them as Constant nodes."""
+    kept = []
+    for node in model.graph.node:
+        value = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is None:
+            kept.append(node)
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    if len(kept) < len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+
+
+def _separate_multi_output_results(model: onnx.ModelProto) -> None:
+    """Route a graph output that one output of a multi-output node (Split) gives through an
+    Identity: onnx2torch returns the node's whole tuple for it otherwise."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    for value in model.graph.output:
+        node = producers.get(value.name)
+        if node is None or len(node.output) < 2:
+            continue
+        inner = f"{value.name}__part"
+        node.output[list(node.output).index(value.name)] = inner
+        identity = onnx.helper.make_node("Identity", [inner], [value.name], name=f"{value.name}__identity")
+        model.graph.node.append(identity)
+
+
+def _explicit_same_pads(model: onnx.ModelProto) -> None:
+    """Replace `auto_pad` SAME_UPPER / SAME_LOWER of Conv, ConvTranspose and pooling nodes by the
+    explicit pads it stands for (onnx2torch implements only explicit ones), where shape inference
+    gives the input's spatial size. Output size ceil(in / stride); the odd pad goes at the end
+    for SAME_UPPER, at the start for SAME_LOWER."""
+    nodes = [n for n in model.graph.node if any(a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER")
+                                                for a in n.attribute)]
+    if not nodes:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - left as it is: the conversion names the problem
+        return
+    shapes = {v.name: _static_shape(v) for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    for node in nodes:
+        shape = shapes.get(node.input[0])
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if shape is None or node.op_type == "ConvTranspose":
+            continue
+        spatial = shape[2:]
+        if "kernel_shape" in attributes:
+            kernel = list(attributes["kernel_shape"])
+        elif len(node.input) > 1 and node.input[1] in weights:
+            kernel = list(weights[node.input[1]][2:])
+        else:
+            continue
+        strides = list(attributes.get("strides", [1] * len(spatial)))
+        dilations = list(attributes.get("dilations", [1] * len(spatial)))
+        begin, end = [], []
+        for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            first, last = (small, large) if attributes["auto_pad"] == b"SAME_UPPER" else (large, small)
+            begin.append(first)
+            end.append(last)
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(onnx.helper.make_attribute("pads", begin + end))
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node, or None for the kinds onnx2torch keeps as nodes (sparse, strings)."""
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name in ("value_float", "value_floats"):
+            return np.array(onnx.helper.get_attribute_value(attribute), dtype=np.float32)
+        if attribute.name in ("value_int", "value_ints"):
+            return np.array(onnx.helper.get_attribute_value(attribute), dtype=np.int64)
+    return None
+
+
 def _strip_empty_trailing_inputs(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         while node.input and node.input[-1] == "":
@@ -278,9 +365,18 @@ def _missing_converters(model: onnx.ModelProto) -> set[str]:
 
 
 def _register_extra_converters() -> None:
-    """Converters onnx2torch lacks (OneHot), registered once."""
+    """Converters onnx2torch lacks (OneHot; Split at opset 18, whose optional `num_outputs`
+    only restates the number of outputs), registered once."""
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+    from onnx2torch.node_converters.split import OnnxSplit13
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    if OperationDescription("", "Split", 18) not in _CONVERTER_REGISTRY:
+
+        @add_converter(operation_type="Split", version=18)
+        def _split(node, graph):  # noqa: ARG001
+            module = OnnxSplit13(axis=node.attributes.get("axis", 0), num_splits=len(node.output_values))
+            return OperationConverterResult(module, onnx_mapping_from_node(node))
 
     for version in (9, 11):
         if OperationDescription("", "OneHot", version) in _CONVERTER_REGISTRY:
