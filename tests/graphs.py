@@ -198,3 +198,27 @@ def residual_graph(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 FAMILIES["residual"] = residual_graph
+
+
+def logic_graph(rng: np.random.Generator) -> onnx.ModelProto:
+    """Comparisons, Casts to bool and to integers, Where, and Pow with variable or per-element exponents."""
+    g = GraphWriter(rng)
+    x = g.dense("x", 3, 6)
+    y = g.dense("x", 3, 6)
+    threshold = g.const(rng.normal(0, 0.3, 6))
+    compare = rng.choice(["Greater", "Less", "GreaterOrEqual", "LessOrEqual"])
+    chosen = g.op("Where", [g.op(compare, [x, threshold]), g.activation(y), g.op("Tanh", [x])])
+    versus = g.op("Where", [g.op("Greater", [x, y]), g.const(rng.normal(0, 1, 6)), y])
+    as_float = g.op("Cast", [g.op("Cast", [g.op("Mul", [y, g.const(np.array(3.0))])], to=TensorProto.INT64)],
+                    to=TensorProto.FLOAT)
+    nonzero = g.op("Cast", [g.op("Cast", [g.op("Relu", [x])], to=TensorProto.BOOL)], to=TensorProto.FLOAT)
+    equal = g.op("Cast", [g.op("Equal", [g.op("Relu", [y]), g.const(np.zeros(6))])], to=TensorProto.FLOAT)
+    power = g.op("Pow", [g.const(np.array(2.0)), g.op("Tanh", [x])])
+    per_element = g.op("Pow", [y, g.const(rng.integers(1, 4, (1, 6)).astype(np.float32))])
+    parts = [chosen, versus, as_float, nonzero, equal, power, per_element]
+    mixed = g.op("Concat", parts, axis=1)  # [1, 42]
+    out = g.dense(mixed, 6 * len(parts), 3)
+    return g.model([1, 3], out, [1, 3])
+
+
+FAMILIES["logic"] = logic_graph

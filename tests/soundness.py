@@ -100,6 +100,8 @@ def _pushed(network: Network, box: Interval, index: int, generator: torch.Genera
         x = x.detach().requires_grad_(True)
         value = network.forward_all(x.reshape(-1, *network.input_shape))[index]
         objective = (value.reshape(direction.shape) * direction).sum()
+        if not objective.requires_grad:  # a piecewise-constant node (a comparison): nothing to follow
+            break
         (gradient,) = torch.autograd.grad(objective, x)
         size = 0.25 * (1 - step / steps)
         x = torch.max(torch.min(x + size * (high - low) * gradient.sign(), high), low)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tests import soundness
 from tests.test_soundness_random import network_for
-from verifier.bounds import activation, arith, bilinear, linear, pool, relaxation, shape, smooth
+from verifier.bounds import activation, arith, bilinear, linear, logic, pool, relaxation, shape, smooth
 from verifier.bounds.core import Backward, Interval
 from verifier.bounds.relaxation import LinearRelaxation
 
@@ -23,7 +23,8 @@ ORIGINAL = {
         (linear.Linear, "backward"), (linear.Conv, "backward"), (activation.ReLU, "relax"),
         (activation.SShaped, "relax"), (smooth.Smooth, "relax"), (pool.MaxPool2d, "backward"),
         (pool.AvgPool, "backward"), (bilinear.Multiply, "backward"), (linear.Reduce, "backward"),
-        (relaxation.Elementwise, "forward_forms"),
+        (relaxation.Elementwise, "forward_forms"), (logic.Step, "ibp"), (logic.Where, "ibp"),
+        (logic.Where, "backward"),
     ]
 }
 
@@ -120,6 +121,23 @@ def elementwise_forms_without_intercepts(self, x, bounds):
                    forms.upper_bias - lines.upper_intercept)
 
 
+def step_ibp_at_centre(self, x):
+    value = self.forward(x.center)
+    return Interval(value, value)
+
+
+def where_ibp_true_branch_when_open(self, *inputs):
+    cond, a, b = self._intervals(inputs)
+    open_ = (cond.lower < 0.5) & (cond.upper > 0.5)
+    hull = ORIGINAL[logic.Where, "ibp"](self, *inputs)
+    return Interval(torch.where(open_, a.lower, hull.lower), torch.where(open_, a.upper, hull.upper))
+
+
+def where_backward_without_bias(self, coeffs, *inputs):
+    step = ORIGINAL[logic.Where, "backward"](self, coeffs, *inputs)
+    return Backward(step.inputs, 0.0)
+
+
 MUTATIONS = [
     ("dense", "ibp", linear.Linear, "ibp", linear_ibp_signed),
     ("dense", "crown", linear.Linear, "backward", linear_backward_scaled),
@@ -138,6 +156,9 @@ MUTATIONS = [
     ("products", "crown", linear.Reduce, "backward", reduce_backward_dropped_factor),
     ("dense", "forward", linear.Linear, "forward_forms", linear_forms_unsplit),
     ("dense", "forward", relaxation.Elementwise, "forward_forms", elementwise_forms_without_intercepts),
+    ("logic", "ibp", logic.Step, "ibp", step_ibp_at_centre),
+    ("logic", "ibp", logic.Where, "ibp", where_ibp_true_branch_when_open),
+    ("logic", "crown", logic.Where, "backward", where_backward_without_bias),
 ]
 
 

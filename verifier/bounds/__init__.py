@@ -12,6 +12,7 @@ from verifier.bounds import (  # noqa: E402,F401  (imported to register their ru
     arith,
     bilinear,
     linear,
+    logic,
     pool,
     shape,
     smooth,

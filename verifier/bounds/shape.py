@@ -363,7 +363,9 @@ class Cast(Rule):
 @register(cast.OnnxCast, "Cast")
 def cast_factory(builder, module, args):
     if not module.torch_dtype.is_floating_point:
-        raise Unsupported(f"Cast of a variable to {module.torch_dtype}")
+        from verifier.bounds.logic import cast_to_integer  # logic builds on this module
+
+        return cast_to_integer(builder, args[0], module.torch_dtype)
     target, source = torch.finfo(module.torch_dtype), torch.finfo(builder.exec_dtype_of(args[0]))
     if target.eps <= source.eps and target.max >= source.max:
         return args[0]  # to a type at least as wide: exact

@@ -1,0 +1,160 @@
+"""Comparisons, casts to integers and booleans, and Where: piecewise-constant functions and selection.
+
+Booleans and integers live in the engine as floats (0/1, whole numbers). A piecewise-constant
+function of one variable is bounded by constant lines: its least and greatest values over the
+input's interval, which is exact where the interval lies on one piece. Comparisons of two
+operands compare their difference with 0 (`arith.binary` builds it). Where(c, a, b) passes
+each output's coefficients to `a` where c is surely true, to `b` where surely false, and uses
+the hull of both intervals where the condition is open.
+"""
+
+from __future__ import annotations
+
+import torch
+from onnx2torch.node_converters.comparisons import OnnxCompare
+from onnx2torch.node_converters.where import OnnxWhere
+from torch import Tensor
+
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+
+
+class Step(Rule):
+    """A monotone or indicator function of one variable that is constant on pieces.
+
+    `kind`: 'greater' (x > 0), 'greater_equal' (x >= 0), 'equal' (x == 0), 'not_equal' (x != 0,
+    a Cast to bool) or 'truncate' (towards 0, a Cast to an integer type).
+    """
+
+    needs_bounds = True
+    exact = True  # onnxruntime computes these exactly from the same operand
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "truncate":
+            return torch.trunc(x)
+        tests = {"greater": x > 0, "greater_equal": x >= 0, "equal": x == 0, "not_equal": x != 0}
+        return tests[self.kind].to(x.dtype)
+
+    def ibp(self, x: Interval) -> Interval:
+        low, high = x.lower, x.upper
+        if self.kind == "truncate":
+            return Interval(torch.trunc(low), torch.trunc(high))
+        one, zero = torch.ones_like(low), torch.zeros_like(low)
+        if self.kind in ("greater", "greater_equal"):
+            return Interval(self.forward(low), self.forward(high))
+        holds_zero = (low <= 0) & (high >= 0)
+        only_zero = (low == 0) & (high == 0)
+        if self.kind == "equal":
+            return Interval(torch.where(only_zero, one, zero), torch.where(holds_zero, one, zero))
+        return Interval(torch.where(holds_zero, zero, one), torch.where(only_zero, zero, one))
+
+    def backward(self, coeffs: Tensor, x: Interval) -> Backward:
+        return Backward([None], constant_lines(coeffs, self.ibp(x)))
+
+    def forward_forms(self, x, bounds: list[Interval]):
+        return None  # constant lines: the interval says all
+
+
+def constant_lines(coeffs: Tensor, image: Interval) -> Tensor:
+    """[B, m]: the least value of each row `coeffs` [B, m, *shape] over the box `image`."""
+    positive = coeffs.clamp(min=0)
+    return row_sum(positive * image.lower.unsqueeze(1) + (coeffs - positive) * image.upper.unsqueeze(1))
+
+
+# torch function -> (Step kind, whether the operands swap): a < b is b > a
+_COMPARISONS = {torch.greater: ("greater", False), torch.less: ("greater", True),
+                torch.greater_equal: ("greater_equal", False), torch.less_equal: ("greater_equal", True),
+                torch.eq: ("equal", False)}
+
+
+@register(OnnxCompare, "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
+def compare_factory(builder, module, args):
+    from verifier.bounds.arith import binary  # arith imports the shape family, which this one follows
+
+    if module.compare_function not in _COMPARISONS:
+        raise Unsupported(f"the comparison {module.compare_function.__name__}")
+    kind, swapped = _COMPARISONS[module.compare_function]
+    first, second = (args[1], args[0]) if swapped else (args[0], args[1])
+    return builder.add(Step(kind), [binary(builder, "sub", first, second)])
+
+
+def cast_to_integer(builder, value, target: torch.dtype):
+    """A Cast of a variable to bool (x != 0) or to an integer type (truncation towards 0)."""
+    return builder.add(Step("not_equal" if target == torch.bool else "truncate"), [value])
+
+
+class Where(Rule):
+    """Where(c, a, b) with c in {0, 1}; `slots` says which operands are variables (in order of
+    the rule's inputs) and holds the constant ones, all broadcast to `shape`."""
+
+    needs_bounds = True
+    exact = True
+
+    def __init__(self, shape: tuple[int, ...], constants: list[Tensor | None]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.variable = [c is None for c in constants]
+        for name, constant in zip(("cond", "when_true", "when_false"), constants):
+            self.register_buffer(name, constant)
+
+    def _operands(self, inputs: list) -> list:
+        given = iter(inputs)
+        constants = (self.cond, self.when_true, self.when_false)
+        return [next(given) if variable else constant for variable, constant in zip(self.variable, constants)]
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        cond, a, b = self._operands(list(inputs))
+        return torch.where(cond > 0.5, a, b).expand(inputs[0].shape[0], *self.shape)
+
+    def _intervals(self, inputs: tuple[Interval, ...]) -> list[Interval]:
+        operands = self._operands(list(inputs))
+        return [x if isinstance(x, Interval) else Interval.point(x.unsqueeze(0)) for x in operands]
+
+    def ibp(self, *inputs: Interval) -> Interval:
+        cond, a, b = self._intervals(inputs)
+        sure, never = cond.lower > 0.5, cond.upper < 0.5
+        lower = torch.where(sure, a.lower, torch.where(never, b.lower, torch.minimum(a.lower, b.lower)))
+        upper = torch.where(sure, a.upper, torch.where(never, b.upper, torch.maximum(a.upper, b.upper)))
+        batch = max(x.lower.shape[0] for x in (cond, a, b))
+        return Interval(lower.expand(batch, *self.shape), upper.expand(batch, *self.shape))
+
+    def backward(self, coeffs: Tensor, *inputs: Interval) -> Backward:
+        cond, a, b = self._intervals(inputs)
+        sure = (cond.lower > 0.5).unsqueeze(1)
+        never = (cond.upper < 0.5).unsqueeze(1)
+        open_ = ~(sure | never)
+        hull = self.ibp(*inputs)
+        bias = constant_lines(torch.where(open_, coeffs, 0.0), hull)
+        to_a = torch.where(sure, coeffs, 0.0)
+        to_b = torch.where(never, coeffs, 0.0)
+        for decided, operand in ((to_a, a), (to_b, b)):
+            if not self.variable[1 if decided is to_a else 2]:
+                bias = bias + row_sum(decided * operand.lower.unsqueeze(1))
+        results = []
+        for slot, decided, operand in ((1, to_a, a), (2, to_b, b)):
+            if self.variable[slot]:
+                results.append(sum_to_shape(decided, tuple(operand.lower.shape[1:])))
+        if self.variable[0]:
+            results.insert(0, None)  # the condition only picks: its coefficients are in the bias
+        return Backward(results, bias)
+
+    def forward_forms(self, *forms, bounds: list[Interval]):
+        return None
+
+
+@register(OnnxWhere, "Where")
+def where_factory(builder, module, args):
+    from verifier.bounds.shape import align_rank
+
+    shape = torch.broadcast_shapes(*(builder.shape_of(a) for a in args))
+    constants, variables = [], []
+    for value in args:
+        if builder.is_variable(value):
+            constants.append(None)
+            variables.append(align_rank(builder, value, len(shape)))
+        else:
+            constants.append(torch.broadcast_to(torch.as_tensor(value).to(builder.dtype), shape).contiguous())
+    return builder.add(Where(tuple(shape), constants), variables)
