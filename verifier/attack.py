@@ -127,6 +127,8 @@ class Falsifier:
             own = margins.gather(2, target.view(-1, 1, 1).expand(-1, margins.shape[1], 1)).squeeze(2)
             finite = torch.isfinite(own)
             loss = torch.where(finite, own, 0.0).sum()
+            if not loss.requires_grad:  # outputs that are piecewise constant in x: no slope to follow
+                break
             (gradient,) = torch.autograd.grad(loss, x)
             with torch.no_grad():
                 if bool((own <= 0).any()):

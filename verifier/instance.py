@@ -22,13 +22,14 @@ class Instance:
     spec: Spec | None
 
 
-def open_instance(model_path: str, property_path: str, device: str = "cpu",
+def open_instance(model_path: str, prop: str | Property, device: str = "cpu",
                   load: Callable[[str], LoadedModel] = load_model) -> Instance:
-    """Parse the property, convert the model, check that their sizes agree and build the network.
+    """Parse the property (a file, or one already compiled), convert the model, check that their
+    sizes agree and build the network.
 
     User errors (bad files, unsupported operators, sizes that do not match) raise UserError.
     """
-    prop = parse_file(property_path)
+    prop = parse_file(prop) if isinstance(prop, str) else prop
     model = load(model_path)
     prop.check_sizes(model.num_inputs, model.num_outputs)
     prop.check_dtype("float32" if model.dtype == torch.float32 else "float64")

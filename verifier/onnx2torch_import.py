@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 
 
 def _install_torchvision_stub() -> None:
@@ -39,4 +40,7 @@ def import_onnx2torch() -> types.ModuleType:
         _install_torchvision_stub()
     import onnx2torch
 
+    # its Slice indexes with a list, which torch 2.x warns about on every call: noise to a user
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning)
     return onnx2torch

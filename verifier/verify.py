@@ -23,6 +23,7 @@ from verifier.prove import Proof, prove
 from verifier.search import branch_and_bound
 from verifier.settings import Settings
 from verifier.spec import Spec
+from verifier.vnnlib import Property
 from verifier.witness import Counterexample, OnnxChecker
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def verify_instance(model_path: str, property_path: str, settings: Settings, deadline: Deadline,
+def verify_instance(model_path: str, property_path: str | Property, settings: Settings, deadline: Deadline,
                     device: str = "cpu", seed: int = 0,
                     load: Callable[[str], LoadedModel] = load_model) -> Outcome:
     """Decide one instance; user errors (bad files, unsupported operators) raise UserError.
+
+    The property is a VNN-LIB file, or a compiled one (a VNN-LIB 2.0 query's, over its composed model).
 
     `load` converts the model; batch workers pass a cache so that rows sharing a model convert it once.
     Progress is logged (INFO) on the `verifier` logger.

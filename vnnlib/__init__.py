@@ -7,19 +7,36 @@ from pathlib import Path
 from verifier.vnnlib.errors import VnnlibError
 from verifier.vnnlib.formula import read_script
 from verifier.vnnlib.normal import Case, Disjunct, Property, compile_script
+from verifier.vnnlib.query import Query, is_version_2, parse_query
 from verifier.vnnlib.syntax import read_sexprs
 
-__all__ = ["Case", "Disjunct", "Property", "VnnlibError", "parse_file", "parse_text"]
+__all__ = ["Case", "Disjunct", "Property", "Query", "VnnlibError", "parse_file", "parse_text", "read_query"]
 
 
 def parse_text(text: str, path: str = "<text>") -> Property:
-    """Parse VNN-LIB source; `path` only names the source in error messages."""
+    """Parse VNN-LIB 1.0 source; `path` only names the source in error messages."""
+    if is_version_2(text):
+        raise VnnlibError(path, 1, "this is a VNN-LIB 2.0 query: decide it with "
+                          "`verify verify QUERY --network NAME=MODEL.onnx`")
     return compile_script(read_script(read_sexprs(text, path), path), path)
 
 
 def parse_file(path: str | Path) -> Property:
-    """Parse a VNN-LIB file; raises VnnlibError (one line: file, line, problem) on bad input."""
+    """Parse a VNN-LIB 1.0 file; raises VnnlibError (one line: file, line, problem) on bad input."""
+    return parse_text(_read_text(str(path)), str(path))
+
+
+def read_query(path: str | Path) -> Query:
+    """Read a VNN-LIB 2.0 query file; raises VnnlibError (one line) on bad input."""
     path = str(path)
+    text = _read_text(path)
+    if not is_version_2(text):
+        raise VnnlibError(path, 1, "not a VNN-LIB 2.0 query (it must start with (vnnlib-version <2.0>)); "
+                          "a VNN-LIB 1.0 property is decided with `verify MODEL PROPERTY`")
+    return parse_query(text, path)
+
+
+def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -30,4 +47,4 @@ def parse_file(path: str | Path) -> Property:
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise VnnlibError(path, line, "the file is not UTF-8 text") from None
-    return parse_text(text, path)
+    return text

@@ -36,14 +36,17 @@ class SList(NamedTuple):
 SExpr = Atom | SList
 
 
-def read_sexprs(text: str, path: str) -> list[SExpr]:
-    """Read every top-level s-expression of `text`; comments run from `;` to the end of a line."""
+def read_sexprs(text: str, path: str, token: re.Pattern = _TOKEN) -> list[SExpr]:
+    """Read every top-level s-expression of `text`; comments run from `;` to the end of a line.
+
+    `token` matches newlines, comments, parentheses and atoms (VNN-LIB 2.0 adds strings and
+    bracketed lists)."""
     stack: list[tuple[list[SExpr], int]] = []
     current: list[SExpr] = []
     top = current
     line = 1
-    for token in _TOKEN.findall(text):
-        first = token[0]
+    for word in token.findall(text):
+        first = word[0]
         if first == "\n":
             line += 1
         elif first == ";":
@@ -58,7 +61,7 @@ def read_sexprs(text: str, path: str) -> list[SExpr]:
             parent.append(SList(tuple(current), start))
             current = parent
         else:
-            current.append(Atom(token, line))
+            current.append(Atom(word, line))
     if stack:
         raise VnnlibError(path, stack[-1][1], "unclosed '(' (the file ends inside this expression)")
     return top
