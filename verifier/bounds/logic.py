@@ -19,37 +19,40 @@ from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register
 
 
 class Step(Rule):
-    """A monotone or indicator function of one variable that is constant on pieces.
-
-    `kind`: 'greater' (x > 0), 'greater_equal' (x >= 0), 'equal' (x == 0), 'not_equal' (x != 0,
-    a Cast to bool) or 'truncate' (towards 0, a Cast to an integer type).
-    """
+    """A piecewise-constant function of one variable x: a comparison with a constant threshold t
+    (`kind` 'greater' x > t, 'greater_equal', 'less', 'less_equal', 'equal', 'not_equal'; a Cast to
+    bool is x != 0) or 'truncate' (towards 0: a Cast to an integer type, t unused)."""
 
     needs_bounds = True
     exact = True  # onnxruntime computes these exactly from the same operand
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, threshold: Tensor | None = None) -> None:
         super().__init__()
         self.kind = kind
+        self.register_buffer("threshold", threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "truncate":
             return torch.trunc(x)
-        tests = {"greater": x > 0, "greater_equal": x >= 0, "equal": x == 0, "not_equal": x != 0}
+        t = self.threshold
+        tests = {"greater": x > t, "greater_equal": x >= t, "less": x < t, "less_equal": x <= t,
+                 "equal": x == t, "not_equal": x != t}
         return tests[self.kind].to(x.dtype)
 
     def ibp(self, x: Interval) -> Interval:
         low, high = x.lower, x.upper
         if self.kind == "truncate":
             return Interval(torch.trunc(low), torch.trunc(high))
-        one, zero = torch.ones_like(low), torch.zeros_like(low)
-        if self.kind in ("greater", "greater_equal"):
+        if self.kind in ("greater", "greater_equal"):  # nondecreasing in x
             return Interval(self.forward(low), self.forward(high))
-        holds_zero = (low <= 0) & (high >= 0)
-        only_zero = (low == 0) & (high == 0)
+        if self.kind in ("less", "less_equal"):  # nonincreasing
+            return Interval(self.forward(high), self.forward(low))
+        t = self.threshold
+        holds = ((low <= t) & (high >= t)).to(low.dtype)  # t in [low, high]
+        only = ((low == t) & (high == t)).to(low.dtype)  # the interval is t alone
         if self.kind == "equal":
-            return Interval(torch.where(only_zero, one, zero), torch.where(holds_zero, one, zero))
-        return Interval(torch.where(holds_zero, zero, one), torch.where(only_zero, zero, one))
+            return Interval(only, holds)
+        return Interval(1 - holds, 1 - only)
 
     def backward(self, coeffs: Tensor, x: Interval) -> Backward:
         return Backward([None], constant_lines(coeffs, self.ibp(x)))
@@ -64,26 +67,45 @@ def constant_lines(coeffs: Tensor, image: Interval) -> Tensor:
     return row_sum(positive * image.lower.unsqueeze(1) + (coeffs - positive) * image.upper.unsqueeze(1))
 
 
-# torch function -> (Step kind, whether the operands swap): a < b is b > a
-_COMPARISONS = {torch.greater: ("greater", False), torch.less: ("greater", True),
-                torch.greater_equal: ("greater_equal", False), torch.less_equal: ("greater_equal", True),
-                torch.eq: ("equal", False)}
+_COMPARISONS = {torch.greater: "greater", torch.less: "less", torch.greater_equal: "greater_equal",
+                torch.less_equal: "less_equal", torch.eq: "equal"}
+# the comparison with its operands swapped: c < x is x > c
+_SWAPPED = {"greater": "less", "less": "greater", "greater_equal": "less_equal", "less_equal": "greater_equal",
+            "equal": "equal"}
 
 
 @register(OnnxCompare, "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")
 def compare_factory(builder, module, args):
+    """A variable against a constant directly; two variables by the sign of their difference,
+    which floating-point subtraction keeps exactly (x - y rounds to 0 only when x == y)."""
     from verifier.bounds.arith import binary  # arith imports the shape family, which this one follows
 
     if module.compare_function not in _COMPARISONS:
         raise Unsupported(f"the comparison {module.compare_function.__name__}")
-    kind, swapped = _COMPARISONS[module.compare_function]
-    first, second = (args[1], args[0]) if swapped else (args[0], args[1])
-    return builder.add(Step(kind), [binary(builder, "sub", first, second)])
+    kind = _COMPARISONS[module.compare_function]
+    first, second = args
+    if builder.is_variable(first) and builder.is_variable(second):
+        first, second = binary(builder, "sub", first, second), torch.zeros(())
+    elif not builder.is_variable(first):
+        first, second, kind = second, first, _SWAPPED[kind]
+    return builder.add(Step(kind, _threshold(builder, first, second)), [first])
+
+
+def _threshold(builder, x, constant) -> Tensor:
+    """The constant as a float tensor of at most x's rank (it broadcasts against [B, *x.shape])."""
+    tensor = torch.as_tensor(constant).to(builder.dtype)
+    while tensor.dim() > len(x.shape) and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() > len(x.shape) or torch.broadcast_shapes(tensor.shape, x.shape) != torch.Size(x.shape):
+        raise Unsupported("a comparison whose constant operand is larger than its variable one")
+    return tensor
 
 
 def cast_to_integer(builder, value, target: torch.dtype):
     """A Cast of a variable to bool (x != 0) or to an integer type (truncation towards 0)."""
-    return builder.add(Step("not_equal" if target == torch.bool else "truncate"), [value])
+    if target == torch.bool:
+        return builder.add(Step("not_equal", torch.zeros((), dtype=builder.dtype)), [value])
+    return builder.add(Step("truncate"), [value])
 
 
 class Where(Rule):
