@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from verifier.vnnlib.errors import VnnlibError
-from verifier.vnnlib.formula import read_script
+from verifier.vnnlib.formula import read_script_text
 from verifier.vnnlib.normal import Case, Disjunct, Property, compile_script
 from verifier.vnnlib.query import Query, is_version_2, parse_query
-from verifier.vnnlib.syntax import read_sexprs
 
 __all__ = ["Case", "Disjunct", "Property", "Query", "VnnlibError", "parse_file", "parse_text", "read_query"]
 
@@ -18,7 +17,7 @@ def parse_text(text: str, path: str = "<text>") -> Property:
     if is_version_2(text):
         raise VnnlibError(path, 1, "this is a VNN-LIB 2.0 query: decide it with "
                           "`verify verify QUERY --network NAME=MODEL.onnx`")
-    return compile_script(read_script(read_sexprs(text, path), path), path)
+    return compile_script(read_script_text(text, path), path)
 
 
 def parse_file(path: str | Path) -> Property:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 
 from verifier.vnnlib.errors import VnnlibError
-from verifier.vnnlib.syntax import Atom, SExpr, SList
+from verifier.vnnlib.syntax import Atom, SExpr, SList, read_sexprs
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _VARIABLE = re.compile(r"([XY])_(\d+)")
@@ -54,11 +54,12 @@ class Compare:
     form: Linear
     line: int
     source: SList | None = field(default=None, compare=False, repr=False)
+    written: str = field(default="", compare=False, repr=False)  # the source text, where no `source` is kept
 
     @property
     def text(self) -> str:
         """The comparison as written (for messages)."""
-        return unparse(self.source) if self.source is not None else ""
+        return unparse(self.source) if self.source is not None else self.written
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,80 @@ class Script:
 
     variables: dict[str, Variable]
     asserts: list[Formula]
+
+
+# Lines that are one whole simple command, by far the most of large files: read without the
+# s-expression reader (same declarations and comparisons, same errors, 4x faster).
+_SIMPLE_DECLARATION = re.compile(r"\(declare-const ([XY])_(\d+) Real\)")
+_SIMPLE_BOUND = re.compile(r"\(assert \((<=|>=) ([XY]_\d+) ([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\)\)")
+
+
+def read_script_text(text: str, path: str) -> Script:
+    """`read_script` of the whole text, with its simple lines (a declaration, or a bound of one
+    variable by a number) read directly where they stand at the top level."""
+    variables: dict[str, Variable] = {}
+    asserts: list[Formula] = []
+    pending: list[str] = []  # the other lines, read by the s-expression reader in order
+    pending_start, depth = 1, 0
+
+    def flush() -> None:
+        if pending:
+            exprs = read_sexprs("\n".join(pending), path, first_line=pending_start)
+            _read_commands(exprs, path, variables, asserts)
+            pending.clear()
+
+    for number, line in enumerate(text.split("\n"), start=1):
+        stripped = line.strip()
+        simple = depth == 0 and (_SIMPLE_DECLARATION.fullmatch(stripped) or _SIMPLE_BOUND.fullmatch(stripped))
+        if simple and simple.re is _SIMPLE_BOUND and not math.isfinite(float(simple[3])):
+            simple = None  # the general reader names the overflow
+        if not simple:
+            if not pending:
+                pending_start = number
+            pending.append(line)
+            code = line.split(";", 1)[0]
+            depth += code.count("(") - code.count(")")
+            continue
+        flush()
+        if simple.re is _SIMPLE_DECLARATION:
+            name = f"{simple[1]}_{simple[2]}"
+            if name in variables:
+                raise VnnlibError(path, number, f"variable {name} is declared twice")
+            variables[name] = Variable(simple[1], int(simple[2]), number)
+        else:
+            asserts.append(_Pending(simple[1], simple[2], float(simple[3]), number, stripped[len("(assert "):-1]))
+    flush()
+    reader = _FormulaReader(variables, path)
+    return Script(variables, [reader.resolve(a) for a in asserts])
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A simple bound read from its line; resolved once every declaration is known."""
+
+    op: str
+    name: str
+    value: float
+    line: int
+    written: str
+
+
+def _read_commands(exprs: list[SExpr], path: str, variables: dict[str, Variable], asserts: list) -> None:
+    for expr in exprs:
+        if not isinstance(expr, SList) or expr.head() is None:
+            raise VnnlibError(path, expr.line, "expected a command such as (declare-const ...) or (assert ...)")
+        head = expr.head()
+        if head == "declare-const":
+            variable_name, variable = _declaration(expr, path)
+            if variable_name in variables:
+                raise VnnlibError(path, expr.line, f"variable {variable_name} is declared twice")
+            variables[variable_name] = variable
+        elif head == "assert":
+            if len(expr.items) != 2:
+                raise VnnlibError(path, expr.line, "assert takes exactly one formula")
+            asserts.append(expr.items[1])
+        elif head not in _IGNORED_COMMANDS:
+            raise VnnlibError(path, expr.line, f"unknown command '{head}'")
 
 
 def read_script(exprs: list[SExpr], path: str) -> Script:
@@ -125,6 +200,17 @@ class _FormulaReader:
     def error(self, line: int, problem: str) -> VnnlibError:
         return VnnlibError(self.path, line, problem)
 
+    def resolve(self, item) -> Formula:
+        """The formula of an assert body, or of a simple bound read from its line (as `comparison`
+        would read `(op name value)`)."""
+        if not isinstance(item, _Pending):
+            return self.formula(item)
+        if item.name not in self.variables:
+            raise self.error(item.line, f"variable {item.name} is used but never declared")
+        left, right = Linear({item.name: 1.0}, 0.0), Linear({}, item.value)
+        form = left.plus(right.scaled(-1.0)) if item.op == "<=" else right.plus(left.scaled(-1.0))
+        return Compare(form, item.line, None, item.written)
+
     def formula(self, expr: SExpr) -> Formula:
         if isinstance(expr, Atom):
             raise self.error(expr.line, f"expected a formula, found '{expr.text}'")
@@ -141,6 +227,10 @@ class _FormulaReader:
         raise self.error(expr.line, f"unknown operator '{head}'")
 
     def comparison(self, expr: SList, op: str) -> Formula:
+        if len(expr.items) == 3 and op != "=":
+            bound = self._bound(expr, op)
+            if bound is not None:
+                return bound
         if len(expr.items) < 3:
             raise self.error(expr.line, f"'{op}' needs two arguments")
         terms = [self.term(item) for item in expr.items[1:]]
@@ -160,6 +250,28 @@ class _FormulaReader:
                                      "is not finite)")
                 atoms.append(Compare(form, expr.line, expr))
         return atoms[0] if len(atoms) == 1 else And(tuple(atoms))
+
+    def _bound(self, expr: SList, op: str) -> Compare | None:
+        """A declared variable against a finite number, as the general path below reads it (the
+        same float operations, so the same -0.0 and rounding), or None for anything else."""
+        first, second = expr.items[1], expr.items[2]
+        if not (isinstance(first, Atom) and isinstance(second, Atom)):
+            return None
+        if first.text in self.variables and _NUMBER.fullmatch(second.text):
+            name, number, variable_first = first.text, second.text, True
+        elif second.text in self.variables and _NUMBER.fullmatch(first.text):
+            name, number, variable_first = second.text, first.text, False
+        else:
+            return None
+        value = float(number)
+        if not math.isfinite(value):
+            return None
+        # x <= c and c >= x: x - c <= 0; c <= x and x >= c: c - x <= 0
+        if variable_first == (op in ("<=", "<")):
+            form = Linear({name: 1.0}, 0.0 + -value)
+        else:
+            form = Linear({name: 0.0 + -1.0}, value + -0.0)
+        return Compare(form, expr.line, expr)
 
     def term(self, expr: SExpr) -> Linear:
         if isinstance(expr, Atom):

@@ -25,7 +25,7 @@ from verifier.vnnlib.normal import Property, compile_script
 from verifier.vnnlib.syntax import Atom, SExpr, SList, read_sexprs
 
 # 2.0 tokens: also quoted ONNX tensor names and bracketed index lists or shapes, each one token
-TOKEN = re.compile(r'\n|;[^\n]*|\(|\)|"(?:[^"\\]|\\.)*"|\[[^\]\n]*\]|[^\s();\[\]"]+')
+TOKEN = re.compile(r'\(|\)|"(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s();\[\]"]+')
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 FLOAT_TYPES = ("float16", "float32", "float64", "bfloat16")
