@@ -132,6 +132,30 @@ def _reduce_sum_dynamic(g, x):  # axes not an initializer: onnx2torch keeps them
     return g.op("ReduceSum", [x, axes], keepdims=1)
 
 
+def _compare(op: str) -> Build:
+    """op(x, constant) and op(x, variable), as floats (x == constant on a grid of x's values)."""
+
+    def build(g: GraphWriter, x: str) -> str:
+        steps = g.op("Cast", [g.op("Cast", [g.op("Mul", [x, g.const(np.array(2.0))])], to=TensorProto.INT64)],
+                     to=TensorProto.FLOAT)  # whole numbers, so that Equal holds on part of the box
+        parts = [g.op(op, [steps, g.const(np.array([0.0, 1.0, -1.0, 2.0]))]), g.op(op, [x, mixed(g, x, 4)])]
+        return g.op("Concat", [g.op("Cast", [p], to=TensorProto.FLOAT) for p in parts], axis=1)
+
+    return build
+
+
+def _where(g, x):  # a variable condition, variable and constant branches; a constant condition
+    condition = g.op("Greater", [x, g.const(np.array([0.0, 0.5, -0.5, 1.0]))])
+    chosen = g.op("Where", [condition, mixed(g, x, 4), g.const(np.array([1.0, -2.0, 0.0, 0.5]))])
+    fixed = g.op("Where", [g.const(np.array([True, False, True, False]), np.bool_), x, g.op("Tanh", [x])])
+    return g.op("Add", [chosen, fixed])
+
+
+def _cast_to(to: int) -> Build:
+    return lambda g, x: g.op("Cast", [g.op("Cast", [g.op("Mul", [x, g.const(np.array(1.7))])], to=to)],
+                             to=TensorProto.FLOAT)
+
+
 def _shape(g, x):  # Shape of the input feeding the Reshape of a variable: folded into a constant
     flat = g.op("Flatten", [mixed(g, x, 3)], axis=1)
     return g.op("Reshape", [flat, g.op("Shape", [x])])
@@ -177,7 +201,9 @@ TABLE: dict[str, list[Row]] = {
     "Cos": [Row(unary("Cos"), (1, 6), (-4.0, 4.0))],
     "Pow": [Row(with_constants("Pow", np.array(2.0)), (1, 6)), Row(with_constants("Pow", np.array(3.0)), (1, 6)),
             Row(with_constants("Pow", np.array(0.5)), (1, 6), (0.1, 3.0)),
-            Row(with_constants("Pow", np.array(-1.5)), (1, 6), (0.3, 3.0))],
+            Row(with_constants("Pow", np.array(-1.5)), (1, 6), (0.3, 3.0)),
+            Row(with_constants("Pow", np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])), (1, 6)),  # per element
+            Row(lambda g, x: g.op("Pow", [g.const(np.array(1.8)), x]), (1, 6))],  # a variable exponent
     "Softmax": [Row(unary("Softmax", axis=-1), (1, 2, 4)), Row(unary("Softmax", axis=1), (1, 2, 4), opset=11)],
     # arithmetic
     "Add": [Row(_add, (1, 4))],
@@ -238,7 +264,14 @@ TABLE: dict[str, list[Row]] = {
               Row(_split(lambda g, x: g.op("Split", [x], outputs=2, axis=1, split=[3, 1])), (1, 4, 3), opset=11)],
     "Identity": [Row(unary("Identity"), (1, 4))],
     "Dropout": [Row(unary("Dropout"), (1, 4)), Row(unary("Dropout", ratio=0.3), (1, 4), opset=10)],
-    "Cast": [Row(unary("Cast", to=TensorProto.FLOAT), (1, 4), appears=())],  # float to float passes through
+    "Cast": [Row(unary("Cast", to=TensorProto.FLOAT), (1, 4), appears=()),  # float to float passes through
+             Row(_cast_to(TensorProto.INT64), (1, 4)), Row(_cast_to(TensorProto.BOOL), (1, 4))],
+    "Greater": [Row(_compare("Greater"), (1, 4))],
+    "Less": [Row(_compare("Less"), (1, 4))],
+    "GreaterOrEqual": [Row(_compare("GreaterOrEqual"), (1, 4))],
+    "LessOrEqual": [Row(_compare("LessOrEqual"), (1, 4))],
+    "Equal": [Row(_compare("Equal"), (1, 4))],
+    "Where": [Row(_where, (1, 4))],
     "Shape": [Row(_shape, (1, 2, 3), appears=("Reshape",), folded=("Shape",))],
 }
 

@@ -187,3 +187,26 @@ def test_name_and_timeout_from_the_console_script(tmp_path, models):
                           "entry()", "verify", str(query), "--network", f"N={models['relu']}", "--timeout", "30.0"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.splitlines()[0] == "sat"
+
+
+def test_a_bad_query_exits_2_with_one_line(tmp_path, capsys, models):
+    code, out, err = decide(capsys, write(tmp_path, RELU + "(assert (>= Y[0] (exp X[0])))"), f"N={models['relu']}")
+    assert code == 2 and out == [] and err.count("\n") == 1 and "q.vnnlib:3: unknown operator 'exp'" in err
+
+
+def test_valid_mutants_get_sound_verdicts(tmp_path, capsys, models):
+    """Random comparisons of y = relu(2x - 1) + 0.5 on x in [0, 1], whose range is exactly
+    [0.5, 1.5]: every verdict agrees with that range (unknown would be allowed, but none occurs)."""
+    rng = np.random.default_rng(0)
+    exact = {"<=": lambda t: t >= 0.5, "<": lambda t: t > 0.5, ">=": lambda t: t <= 1.5, ">": lambda t: t < 1.5}
+    verdicts = []
+    for _ in range(16):
+        op = rng.choice(list(exact))
+        threshold = float(rng.choice([0.25, 0.4999, 0.5, 0.7, 1.3, 1.5, 1.5001, 2.0]))
+        query = write(tmp_path, RELU + f"(assert ({op} Y[0] {threshold}))")
+        code, out, _ = decide(capsys, query, f"N={models['relu']}")
+        assert code == 0
+        verdicts.append(out[0])
+        if out[0] != "unknown":
+            assert out[0] == ("sat" if exact[op](threshold) else "unsat"), (op, threshold)
+    assert "sat" in verdicts and "unsat" in verdicts

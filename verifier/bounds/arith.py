@@ -11,6 +11,7 @@ import torch
 from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from onnx2torch.node_converters.mean import OnnxMean
 from onnx2torch.node_converters.neg import OnnxNeg
+from onnx2torch.node_converters.pow import OnnxPow
 from onnx2torch.node_converters.sum import OnnxSum
 from onnx2torch.utils.common import old_style_broadcast
 from torch import Tensor
@@ -19,7 +20,7 @@ from verifier.bounds import bilinear
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
 from verifier.bounds.patches import Patches
 from verifier.bounds.shape import align_rank
-from verifier.bounds.smooth import reciprocal
+from verifier.bounds.smooth import Exp, Power, reciprocal
 
 
 class Affine(Rule):
@@ -226,3 +227,32 @@ def sum_factory(builder, module, args):
     if constants:
         total = affine(builder, total, shift=sum(constants) * scale)
     return total
+
+
+@register(OnnxPow, "Pow")
+def pow_factory(builder, module, args):
+    base, exponent = args
+    if builder.is_variable(exponent):
+        return _constant_base_power(builder, base, exponent)
+    exponent = torch.as_tensor(exponent)
+    values = torch.unique(exponent.double())
+    if values.numel() == 1:
+        value = float(values[0])
+        return base if value == 1.0 else builder.add(Power(value), [base])
+    # several exponents: each one's power on the whole operand, kept where that exponent applies
+    total = None
+    for value in values.tolist():
+        power = base if value == 1.0 else builder.add(Power(value), [base])
+        part = affine(builder, power, scale=(exponent.double() == value).to(builder.dtype))
+        total = part if total is None else binary(builder, "add", total, part)
+    return total
+
+
+def _constant_base_power(builder, base, exponent):
+    """b ** x = exp(x ln b) for a constant b > 0 (elementwise, broadcast)."""
+    if builder.is_variable(base):
+        raise Unsupported("Pow of a variable to a variable exponent")
+    base = torch.as_tensor(base, dtype=torch.float64)
+    if not bool((base > 0).all()):
+        raise Unsupported("Pow of a constant base that is not positive to a variable exponent")
+    return builder.add(Exp(), [affine(builder, exponent, scale=torch.log(base).to(builder.dtype))])

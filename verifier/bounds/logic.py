@@ -11,11 +11,14 @@ the hull of both intervals where the condition is open.
 from __future__ import annotations
 
 import torch
+from onnx2torch.node_converters import cast
 from onnx2torch.node_converters.comparisons import OnnxCompare
 from onnx2torch.node_converters.where import OnnxWhere
 from torch import Tensor
 
+from verifier.bounds.arith import binary
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+from verifier.bounds.shape import Cast, align_rank
 
 
 class Step(Rule):
@@ -78,8 +81,6 @@ _SWAPPED = {"greater": "less", "less": "greater", "greater_equal": "less_equal",
 def compare_factory(builder, module, args):
     """A variable against a constant directly; two variables by the sign of their difference,
     which floating-point subtraction keeps exactly (x - y rounds to 0 only when x == y)."""
-    from verifier.bounds.arith import binary  # arith imports the shape family, which this one follows
-
     if module.compare_function not in _COMPARISONS:
         raise Unsupported(f"the comparison {module.compare_function.__name__}")
     kind = _COMPARISONS[module.compare_function]
@@ -169,8 +170,6 @@ class Where(Rule):
 
 @register(OnnxWhere, "Where")
 def where_factory(builder, module, args):
-    from verifier.bounds.shape import align_rank
-
     shape = torch.broadcast_shapes(*(builder.shape_of(a) for a in args))
     constants, variables = [], []
     for value in args:
@@ -180,3 +179,13 @@ def where_factory(builder, module, args):
         else:
             constants.append(torch.broadcast_to(torch.as_tensor(value).to(builder.dtype), shape).contiguous())
     return builder.add(Where(tuple(shape), constants), variables)
+
+
+@register(cast.OnnxCast, "Cast")
+def cast_factory(builder, module, args):
+    if not module.torch_dtype.is_floating_point:
+        return cast_to_integer(builder, args[0], module.torch_dtype)
+    target, source = torch.finfo(module.torch_dtype), torch.finfo(builder.exec_dtype_of(args[0]))
+    if target.eps <= source.eps and target.max >= source.max:
+        return args[0]  # to a type at least as wide: exact
+    return builder.add(Cast(module.torch_dtype), [args[0]])

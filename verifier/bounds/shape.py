@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from onnx2torch.node_converters import (
-    cast,
     concat,
     expand,
     flatten,
@@ -358,18 +357,6 @@ class Cast(Rule):
     @property
     def accepts_patches(self) -> bool:
         return True
-
-
-@register(cast.OnnxCast, "Cast")
-def cast_factory(builder, module, args):
-    if not module.torch_dtype.is_floating_point:
-        from verifier.bounds.logic import cast_to_integer  # logic builds on this module
-
-        return cast_to_integer(builder, args[0], module.torch_dtype)
-    target, source = torch.finfo(module.torch_dtype), torch.finfo(builder.exec_dtype_of(args[0]))
-    if target.eps <= source.eps and target.max >= source.max:
-        return args[0]  # to a type at least as wide: exact
-    return builder.add(Cast(module.torch_dtype), [args[0]])
 
 
 @register(nn.Sequential)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from onnx2torch.node_converters.pow import OnnxPow, OnnxSqrt
+from onnx2torch.node_converters.pow import OnnxSqrt
 from onnx2torch.node_converters.reciprocal import OnnxReciprocal
 from torch import Tensor
 
@@ -390,35 +390,3 @@ def reciprocal_factory(builder, module, args):
 def sqrt_factory(builder, module, args):
     return builder.add(Sqrt(), [args[0]])
 
-
-@register(OnnxPow, "Pow")
-def pow_factory(builder, module, args):
-    base, exponent = args
-    if builder.is_variable(exponent):
-        return _constant_base_power(builder, base, exponent)
-    exponent = torch.as_tensor(exponent)
-    values = torch.unique(exponent.double())
-    if values.numel() == 1:
-        value = float(values[0])
-        return base if value == 1.0 else builder.add(Power(value), [base])
-    # several exponents: each one's power on the whole operand, kept where that exponent applies
-    from verifier.bounds.arith import affine, binary  # arith builds on this module
-
-    total = None
-    for value in values.tolist():
-        power = base if value == 1.0 else builder.add(Power(value), [base])
-        part = affine(builder, power, scale=(exponent.double() == value).to(builder.dtype))
-        total = part if total is None else binary(builder, "add", total, part)
-    return total
-
-
-def _constant_base_power(builder, base, exponent):
-    """b ** x = exp(x ln b) for a constant b > 0 (elementwise, broadcast)."""
-    if builder.is_variable(base):
-        raise Unsupported("Pow of a variable to a variable exponent")
-    base = torch.as_tensor(base, dtype=torch.float64)
-    if not bool((base > 0).all()):
-        raise Unsupported("Pow of a constant base that is not positive to a variable exponent")
-    from verifier.bounds.arith import affine
-
-    return builder.add(Exp(), [affine(builder, exponent, scale=torch.log(base).to(builder.dtype))])
