@@ -99,7 +99,7 @@ def test_help_lists_every_sub_command(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     listed = [line.split()[1] for line in out.splitlines() if line.startswith("  verify ")]
-    assert listed == ["check", "bounds", "settings", "suite", "suite-report"]
+    assert listed == ["check", "bounds", "settings", "suite", "suite-report", "verify", "supports"]
     for command in listed:
         assert run(capsys, command, "--help")[0] == 0
 

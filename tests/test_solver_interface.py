@@ -191,7 +191,7 @@ def test_name_and_timeout_from_the_console_script(tmp_path, models):
 
 def test_a_bad_query_exits_2_with_one_line(tmp_path, capsys, models):
     code, out, err = decide(capsys, write(tmp_path, RELU + "(assert (>= Y[0] (exp X[0])))"), f"N={models['relu']}")
-    assert code == 2 and out == [] and err.count("\n") == 1 and "q.vnnlib:3: unknown operator 'exp'" in err
+    assert code == 2 and out == [] and err.count("\n") == 1 and "q.vnnlib:4: unknown operator 'exp'" in err
 
 
 def test_valid_mutants_get_sound_verdicts(tmp_path, capsys, models):

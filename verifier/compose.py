@@ -66,6 +66,16 @@ def check_types(query: Query) -> None:
                              "query's tensors `real` to accept an analysis in float arithmetic")
 
 
+def input_types(query: Query, paths: dict[str, str]) -> dict[str, str]:
+    """The ONNX element type of every declared input (float16, float32 or float64 where it is one)."""
+    types = {}
+    for network in query.networks:
+        for tensor, value in zip(network.inputs, _graph_inputs(parse_onnx(paths[network.name]))):
+            name = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+            types[tensor.name] = name
+    return types
+
+
 def compose(query: Query, observables: list[Observable], paths: dict[str, str]) -> onnx.ModelProto:
     """The single model x -> z of the query (see the module docstring)."""
     models = {n.name: parse_onnx(paths[n.name]) for n in query.networks}

@@ -198,13 +198,27 @@ def _build_node(builder: Builder, target, args: list, truth: object, op_type: st
         return _Opaque()
     if any(isinstance(a, _Opaque) for a in flat):
         return _Opaque()  # downstream of an unsupported node: only its own support was checked
+    first_rule = len(builder.rules)
     try:
         result = factory(builder, target, args)
+        _check_integer_arithmetic(builder.rules[first_rule:], truth)
     except Unsupported as reason:
         unsupported.setdefault(f"{op_type} ({reason})", []).append(builder.label.split("'")[1])
         return _Opaque()
     _check_against_truth(builder, result, truth)
     return result
+
+
+def _check_integer_arithmetic(rules: list[Rule], truth: object) -> None:
+    """Refuse a node that onnxruntime computes in integers unless its rules give the same values
+    (Rule.on_integers): sums with whole coefficients only in int64, where they cannot wrap."""
+    dtypes = {t.dtype for t in (truth if isinstance(truth, (tuple, list)) else (truth,)) if isinstance(t, Tensor)}
+    integer = [d for d in dtypes if not d.is_floating_point and d != torch.bool]
+    if not integer:
+        return
+    kinds = {rule.on_integers() for rule in rules}
+    if "no" in kinds or ("wraps" in kinds and integer != [torch.int64]):
+        raise Unsupported(f"integer arithmetic in {integer[0]} (onnxruntime's integer results differ from real ones)")
 
 
 def _check_against_truth(builder: Builder, result: object, truth: object) -> None:

@@ -275,15 +275,16 @@ def _constants_as_initializers(model: onnx.ModelProto) -> None:
 def _separate_multi_output_results(model: onnx.ModelProto) -> None:
     """Route a graph output that one output of a multi-output node (Split) gives through an
     Identity: onnx2torch returns the node's whole tuple for it otherwise."""
-    producers = {name: node for node in model.graph.node for name in node.output}
-    for value in model.graph.output:
-        node = producers.get(value.name)
-        if node is None or len(node.output) < 2:
+    for name in dict.fromkeys(value.name for value in model.graph.output):
+        position = next((i for i, node in enumerate(model.graph.node) if name in node.output), None)
+        if position is None or len(model.graph.node[position].output) < 2:
             continue
-        inner = f"{value.name}__part"
-        node.output[list(node.output).index(value.name)] = inner
-        identity = onnx.helper.make_node("Identity", [inner], [value.name], name=f"{value.name}__identity")
-        model.graph.node.append(identity)
+        node = model.graph.node[position]
+        inner = f"{name}__part"
+        node.output[list(node.output).index(name)] = inner
+        # right after its producer, so that the nodes stay in topological order
+        model.graph.node.insert(position + 1, onnx.helper.make_node("Identity", [inner], [name],
+                                                                    name=f"{name}__identity"))
 
 
 def _explicit_same_pads(model: onnx.ModelProto) -> None:
@@ -365,17 +366,18 @@ def _missing_converters(model: onnx.ModelProto) -> set[str]:
 
 
 def _register_extra_converters() -> None:
-    """Converters onnx2torch lacks (OneHot; Split at opset 18, whose optional `num_outputs`
-    only restates the number of outputs), registered once."""
+    """Converters onnx2torch lacks (OneHot; Split at opset 18, which splits an uneven axis into
+    chunks of ceil(length / outputs)), registered once."""
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
-    from onnx2torch.node_converters.split import OnnxSplit13
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    from verifier.bounds.shape import OnnxSplit18
 
     if OperationDescription("", "Split", 18) not in _CONVERTER_REGISTRY:
 
         @add_converter(operation_type="Split", version=18)
         def _split(node, graph):  # noqa: ARG001
-            module = OnnxSplit13(axis=node.attributes.get("axis", 0), num_splits=len(node.output_values))
+            module = OnnxSplit18(axis=node.attributes.get("axis", 0), num_splits=len(node.output_values))
             return OperationConverterResult(module, onnx_mapping_from_node(node))
 
     for version in (9, 11):

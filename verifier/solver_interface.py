@@ -128,14 +128,14 @@ def run_verify(argv: list[str], start: float) -> int:
 def decide(args: argparse.Namespace, start: float) -> tuple[str, list[str]]:
     """The verdict of a query and, for sat, the assignment's lines."""
     from verifier.cli import load_cli_settings
-    from verifier.compose import check_types, compose, evaluate, model_paths
+    from verifier.compose import check_types, compose, evaluate, input_types, model_paths
     from verifier.verify import verify_instance
     from verifier.vnnlib import read_query
 
     query = read_query(args.query)
     check_types(query)
     paths = model_paths(query, network_mappings(args.network))
-    prop, observables = query.compile()
+    prop, observables = query.compile(input_types(query, paths))
     deadline = Deadline(None if args.timeout is None else args.timeout - TIMEOUT_MARGIN, start)
     args.overrides, args.settings = [], None
     settings = load_cli_settings(args)

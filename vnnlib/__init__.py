@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from verifier.vnnlib.errors import VnnlibError
-from verifier.vnnlib.formula import read_script_text
+from verifier.vnnlib.formula import read_script, read_script_text
 from verifier.vnnlib.normal import Case, Disjunct, Property, compile_script
 from verifier.vnnlib.query import Query, is_version_2, parse_query
+from verifier.vnnlib.syntax import read_sexprs
 
 __all__ = ["Case", "Disjunct", "Property", "Query", "VnnlibError", "parse_file", "parse_text", "read_query"]
 
@@ -17,7 +18,13 @@ def parse_text(text: str, path: str = "<text>") -> Property:
     if is_version_2(text):
         raise VnnlibError(path, 1, "this is a VNN-LIB 2.0 query: decide it with "
                           "`verify verify QUERY --network NAME=MODEL.onnx`")
-    return compile_script(read_script_text(text, path), path)
+    try:
+        script = read_script_text(text, path)
+    except VnnlibError:
+        # the general reader reads the whole file before any command: its error comes first
+        read_script(read_sexprs(text, path), path)
+        raise
+    return compile_script(script, path)
 
 
 def parse_file(path: str | Path) -> Property:

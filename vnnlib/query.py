@@ -25,7 +25,8 @@ from verifier.vnnlib.normal import Property, compile_script
 from verifier.vnnlib.syntax import Atom, SExpr, SList, read_sexprs
 
 # 2.0 tokens: also quoted ONNX tensor names and bracketed index lists or shapes, each one token
-TOKEN = re.compile(r'\(|\)|"(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s();\[\]"]+')
+# (a stray `]`, `"` or `[` is an atom of its own, which no rule accepts: never dropped)
+TOKEN = re.compile(r'\(|\)|"(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s();\[\]"]+|\S')
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 FLOAT_TYPES = ("float16", "float32", "float64", "bfloat16")
@@ -115,8 +116,12 @@ class Query:
     def inputs(self) -> list[Tensor]:
         return [t for network in self.networks for t in network.inputs]
 
-    def compile(self) -> tuple[Property, list[Observable]]:
-        """The normal form over (x, z) and the observables z is made of (see the module docstring)."""
+    def compile(self, input_types: dict[str, str] | None = None) -> tuple[Property, list[Observable]]:
+        """The normal form over (x, z) and the observables z is made of (see the module docstring).
+
+        An input that no assertion bounds ranges over the finite values of its type: the ONNX
+        input's (`input_types`, tensor name -> float16/32/64) where given, else the declared one
+        (float32 for `real` and other types)."""
         offsets, start = {}, 0
         for tensor in self.inputs:
             offsets[tensor.name] = start
@@ -147,7 +152,8 @@ class Query:
         asserts = [lower(f) for f in self.asserts]
         # an input no assertion bounds ranges over its type's finite values (inf and NaN excluded)
         for tensor in self.inputs:
-            largest = float(np.finfo(tensor.dtype).max) if tensor.dtype in FLOAT_TYPES[:3] else _LARGEST
+            dtype = (input_types or {}).get(tensor.name, tensor.dtype)
+            largest = float(np.finfo(dtype).max) if dtype in FLOAT_TYPES[:3] else _LARGEST
             for i in range(tensor.size):
                 name = f"X_{offsets[tensor.name] + i}"
                 asserts.append(Compare(Linear({name: -1.0}, -largest), tensor.line))

@@ -35,6 +35,10 @@ class Affine(Rule):
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 
+    def on_integers(self) -> str:
+        whole = all(t is None or bool((t == torch.round(t)).all()) for t in (self.scale, self.shift))
+        return "wraps" if whole else "no"
+
     def forward(self, x: Tensor) -> Tensor:
         if self.scale is not None:
             x = x * self.scale
@@ -97,6 +101,9 @@ class WeightedSum(Rule):
     @property
     def rounding_terms(self) -> int:
         return 2 * len(self.weights)
+
+    def on_integers(self) -> str:
+        return "wraps" if all(float(w).is_integer() for w in self.weights) else "no"
 
     def forward(self, *xs: Tensor) -> Tensor:
         total = xs[0] * self.weights[0]

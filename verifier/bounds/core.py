@@ -157,6 +157,13 @@ class Rule(nn.Module):
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError
 
+    def on_integers(self) -> str:
+        """What the rule computes where the ONNX node works on integers (the graph builder refuses
+        the node otherwise): 'exact' (moves, selections, comparisons: the same values), 'wraps'
+        (sums with whole coefficients: the same unless the integer type overflows), or 'no' (a
+        division, a product: onnxruntime's integer result differs from the real one)."""
+        return "exact" if self.selects_only or self.preserves_box else "no"
+
     def execution_error(self, *inputs: Interval) -> Tensor | None:
         """Bound [B, *shape] on |onnxruntime's value - the exact operator's value| for operands in
         `inputs`; None when the operator is exact. Infinite where the result may overflow."""

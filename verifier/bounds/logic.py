@@ -29,10 +29,17 @@ class Step(Rule):
     needs_bounds = True
     exact = True  # onnxruntime computes these exactly from the same operand
 
-    def __init__(self, kind: str, threshold: Tensor | None = None) -> None:
+    def __init__(self, kind: str, threshold: Tensor | None = None, limits: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.register_buffer("threshold", threshold)
+        # for 'truncate': the target type's least and greatest values; a float outside
+        # (least - 1, greatest + 1) casts to an unspecified value of the type (C++ leaves it
+        # undefined), so there the bounds are the type's whole range
+        self.limits = limits
+
+    def on_integers(self) -> str:
+        return "exact"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "truncate":
@@ -45,7 +52,10 @@ class Step(Rule):
     def ibp(self, x: Interval) -> Interval:
         low, high = x.lower, x.upper
         if self.kind == "truncate":
-            return Interval(torch.trunc(low), torch.trunc(high))
+            least, greatest = self.limits
+            inside = (low > least - 1) & (high < greatest + 1)  # NaN bounds are not inside
+            return Interval(torch.where(inside, torch.trunc(low), least),
+                            torch.where(inside, torch.trunc(high), greatest))
         if self.kind in ("greater", "greater_equal"):  # nondecreasing in x
             return Interval(self.forward(low), self.forward(high))
         if self.kind in ("less", "less_equal"):  # nonincreasing
@@ -66,8 +76,11 @@ class Step(Rule):
 
 def constant_lines(coeffs: Tensor, image: Interval) -> Tensor:
     """[B, m]: the least value of each row `coeffs` [B, m, *shape] over the box `image`."""
-    positive = coeffs.clamp(min=0)
-    return row_sum(positive * image.lower.unsqueeze(1) + (coeffs - positive) * image.upper.unsqueeze(1))
+    positive, negative = coeffs.clamp(min=0), coeffs.clamp(max=0)
+    # a zero coefficient takes nothing, even from an infinite bound (0 * inf would be NaN)
+    low = torch.where(positive == 0, 0.0, positive * image.lower.unsqueeze(1))
+    high = torch.where(negative == 0, 0.0, negative * image.upper.unsqueeze(1))
+    return row_sum(low + high)
 
 
 _COMPARISONS = {torch.greater: "greater", torch.less: "less", torch.greater_equal: "greater_equal",
@@ -106,7 +119,8 @@ def cast_to_integer(builder, value, target: torch.dtype):
     """A Cast of a variable to bool (x != 0) or to an integer type (truncation towards 0)."""
     if target == torch.bool:
         return builder.add(Step("not_equal", torch.zeros((), dtype=builder.dtype)), [value])
-    return builder.add(Step("truncate"), [value])
+    info = torch.iinfo(target)
+    return builder.add(Step("truncate", limits=(float(info.min), float(info.max))), [value])
 
 
 class Where(Rule):
@@ -122,6 +136,9 @@ class Where(Rule):
         self.variable = [c is None for c in constants]
         for name, constant in zip(("cond", "when_true", "when_false"), constants):
             self.register_buffer(name, constant)
+
+    def on_integers(self) -> str:
+        return "exact"
 
     def _operands(self, inputs: list) -> list:
         given = iter(inputs)

@@ -131,6 +131,9 @@ class Concat(Rule):
     exact = True
     monotone = True
 
+    def on_integers(self) -> str:
+        return "exact"
+
     def __init__(self, axis: int, parts: Sequence[Tensor | tuple[int, ...]]) -> None:
         """`parts` in order: a constant tensor, or the per-sample shape of the next variable input."""
         super().__init__()
@@ -256,6 +259,17 @@ def _selection(builder, module, args) -> tuple[list[tuple[Tensor, Tensor, tuple[
     return results, several
 
 
+class OnnxSplit18(split.OnnxSplit13):
+    """ONNX Split at opset 18: without sizes, chunks of ceil(length / outputs), the last one smaller
+    (onnx2torch's opset-13 module floors the chunk size, which drops elements of uneven axes)."""
+
+    def forward(self, input_tensor: Tensor, split: Tensor | None = None):
+        if split is not None:
+            return super().forward(input_tensor, split)
+        length = input_tensor.shape[self.axis]
+        return torch.split(input_tensor, -(-length // self.num_splits), dim=self.axis)
+
+
 @register(onnx_slice.OnnxSlice, "Slice")
 @register(onnx_slice.OnnxSliceV9, "Slice")
 @register(gather.OnnxGather, "Gather")
@@ -273,6 +287,7 @@ def _selection(builder, module, args) -> tuple[list[tuple[Tensor, Tensor, tuple[
 @register(tile.OnnxTile, "Tile")
 @register(split.OnnxSplit, "Split")
 @register(split.OnnxSplit13, "Split")
+@register(OnnxSplit18, "Split")
 @register(torch.permute)
 @register(torch.transpose)
 @register(torch.t)

@@ -9,8 +9,10 @@ logits, so long softmax axes (attention over many tokens) keep exp(x_i) / sum_j 
 
 In the pairwise form, the decomposition's nodes compute the exact softmax (no execution
 allowance of their own: onnxruntime never computes them), and a last node, SoftmaxOutput, stands
-for onnxruntime's softmax: its allowance is FUNCTION_ROUNDINGS + n + 2 roundings of the output
-(n exponentials of a few ulps each, a sum of n terms and a division), plus CLIP_ERROR. Its
+for onnxruntime's softmax, exp(fl(x_j - max)) / sum: its allowance is FUNCTION_ROUNDINGS + n + 2
++ D roundings of the output (n exponentials of a few ulps each, a sum of n terms, a division, and
+the rounding of each difference d, which costs |d| <= D, the group's spread, up to 89, beyond
+which the term is below e^-88), plus CLIP_ERROR. Its
 interval is also the softmax's own from the logits' interval, computed stably, and in [0, 1];
 its backward step uses sum_i y_i = 1: coefficients that are equal along a softmax group become a
 constant.
@@ -95,9 +97,11 @@ class SoftmaxOutput(Rule):
         # y_i is least where x_i is least and every other x_j greatest: 1 / sum_j exp(u_j - l_i)
         least = _pairs(high, low, dim)
         most = _pairs(low, high, dim)
-        lower = torch.exp(-torch.logsumexp(least, dim=dim + 1)).to(y.lower.dtype)
-        upper = torch.exp(-torch.logsumexp(most, dim=dim + 1)).to(y.lower.dtype)
-        # a float64 exp of a few ulps, cast: one step outwards in the tensors' dtype covers both
+        # float64 differences, logsumexp and exp err by a few ulps of the differences' size, then
+        # the cast rounds once more: widened by 64 float64 ulps of (1 + spread), then a step outwards
+        slack = 64 * torch.finfo(torch.float64).eps * (1 + _spread(logits, dim).double())
+        lower = (torch.exp(-torch.logsumexp(least, dim=dim + 1)) * (1 - slack)).to(y.lower.dtype)
+        upper = (torch.exp(-torch.logsumexp(most, dim=dim + 1)) * (1 + slack)).to(y.lower.dtype)
         lower = torch.nextafter(lower, torch.zeros_like(lower)).clamp(min=0)
         upper = torch.nextafter(upper, torch.ones_like(upper)).clamp(max=1)
         return Interval(torch.fmax(lower, y.lower), torch.fmin(upper, y.upper))
@@ -107,7 +111,9 @@ class SoftmaxOutput(Rule):
         error = torch.full_like(size, CLIP_ERROR)
         if self.exec_dtype is None:
             return error
-        terms = FUNCTION_ROUNDINGS + y.lower.shape[self.axis + 1] + 2
+        # exp(fl(x_j - max)): the subtraction's rounding of d costs |d| roundings of the term
+        shift = torch.ceil(_spread(logits, self.axis + 1).clamp(max=89))
+        terms = FUNCTION_ROUNDINGS + y.lower.shape[self.axis + 1] + 2 + shift
         return error + execution_rounding(self.exec_dtype, terms, size)
 
     def backward(self, coeffs: Tensor, y: Interval, logits: Interval) -> Backward:
@@ -115,6 +121,12 @@ class SoftmaxOutput(Rule):
         constant = coeffs.amax(dim, keepdim=True) == coeffs.amin(dim, keepdim=True)
         shift = torch.where(constant, coeffs.amax(dim, keepdim=True), 0.0)  # sum_i y_i = 1 in each group
         return Backward([coeffs - shift, None], row_sum(shift))
+
+
+def _spread(logits: Interval, dim: int) -> Tensor:
+    """[B, *shape]: max upper - min lower of each softmax group (at tensor axis `dim`), which
+    bounds |x_j - max_k x_k| for every logit of the group."""
+    return (logits.upper.amax(dim, keepdim=True) - logits.lower.amin(dim, keepdim=True)).expand_as(logits.lower)
 
 
 def _pairs(first: Tensor, second: Tensor, dim: int) -> Tensor:
