@@ -124,7 +124,7 @@ def read_script_text(text: str, path: str) -> Script:
         else:
             asserts.append(_Pending(simple[1], simple[2], float(simple[3]), number, stripped[len("(assert "):-1]))
     flush()
-    reader = _FormulaReader(variables, path)
+    reader = FormulaReader(variables, path)
     return Script(variables, [reader.resolve(a) for a in asserts])
 
 
@@ -161,22 +161,8 @@ def read_script(exprs: list[SExpr], path: str) -> Script:
     """Collect declarations first (they may follow the asserts that use them), then the asserts."""
     variables: dict[str, Variable] = {}
     assert_bodies: list[SExpr] = []
-    for expr in exprs:
-        if not isinstance(expr, SList) or expr.head() is None:
-            raise VnnlibError(path, expr.line, "expected a command such as (declare-const ...) or (assert ...)")
-        head = expr.head()
-        if head == "declare-const":
-            variable_name, variable = _declaration(expr, path)
-            if variable_name in variables:
-                raise VnnlibError(path, expr.line, f"variable {variable_name} is declared twice")
-            variables[variable_name] = variable
-        elif head == "assert":
-            if len(expr.items) != 2:
-                raise VnnlibError(path, expr.line, "assert takes exactly one formula")
-            assert_bodies.append(expr.items[1])
-        elif head not in _IGNORED_COMMANDS:
-            raise VnnlibError(path, expr.line, f"unknown command '{head}'")
-    reader = _FormulaReader(variables, path)
+    _read_commands(exprs, path, variables, assert_bodies)
+    reader = FormulaReader(variables, path)
     return Script(variables, [reader.formula(body) for body in assert_bodies])
 
 
@@ -192,7 +178,11 @@ def _declaration(expr: SList, path: str) -> tuple[str, Variable]:
     return name, Variable(match.group(1), int(match.group(2)), expr.line)
 
 
-class _FormulaReader:
+class FormulaReader:
+    """Formulas of `and`, `or` and the comparisons in `comparisons`; subclasses read other terms."""
+
+    comparisons = _COMPARISONS
+
     def __init__(self, variables: dict[str, Variable], path: str) -> None:
         self.variables = variables
         self.path = path
@@ -220,7 +210,7 @@ class _FormulaReader:
                 raise self.error(expr.line, f"'{head}' needs at least one argument")
             children = tuple(self.formula(child) for child in expr.items[1:])
             return And(children) if head == "and" else Or(children)
-        if head in _COMPARISONS:
+        if head in self.comparisons:
             return self.comparison(expr, head)
         if head is None:
             raise self.error(expr.line, "expected an operator after '('")

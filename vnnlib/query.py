@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verifier.vnnlib.errors import VnnlibError
-from verifier.vnnlib.formula import And, Compare, Formula, Linear, Or, Script, Variable, unparse
+from verifier.vnnlib.formula import And, Compare, Formula, FormulaReader, Linear, Or, Script, Variable, unparse
 from verifier.vnnlib.normal import Property, compile_script
 from verifier.vnnlib.syntax import Atom, SExpr, SList, read_sexprs
 
@@ -247,14 +247,15 @@ def _check_version(expr: SList, path: str) -> None:
         raise VnnlibError(path, expr.line, f"VNN-LIB version {match[1]}.{match[2]} is not 2.x")
 
 
-class _Reader:
+class _Reader(FormulaReader):
+    """Declarations, and formulas over polynomial terms of tensor elements."""
+
+    comparisons = _COMPARISONS
+
     def __init__(self, path: str) -> None:
-        self.path = path
+        super().__init__({}, path)
         self.tensors: dict[str, Tensor] = {}
         self.network_names: set[str] = set()
-
-    def error(self, line: int, problem: str) -> VnnlibError:
-        return VnnlibError(self.path, line, problem)
 
     def network(self, expr: SList, earlier: list[Network]) -> Network:
         items = expr.items
@@ -345,23 +346,6 @@ class _Reader:
         if len(text) < 2 or text[0] != '"' or text[-1] != '"':
             raise self.error(line, f'the ONNX tensor of a hidden declaration is a quoted string, not {text}')
         return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), text[1:-1])
-
-    # formulas
-
-    def formula(self, expr: SExpr) -> Formula2:
-        if isinstance(expr, Atom):
-            raise self.error(expr.line, f"expected a formula, found '{expr.text}'")
-        head = expr.head()
-        if head in ("and", "or"):
-            if len(expr.items) < 2:
-                raise self.error(expr.line, f"'{head}' needs at least one argument")
-            children = tuple(self.formula(child) for child in expr.items[1:])
-            return And(children) if head == "and" else Or(children)
-        if head in _COMPARISONS:
-            return self.comparison(expr, head)
-        if head is None:
-            raise self.error(expr.line, "expected an operator after '('")
-        raise self.error(expr.line, f"unknown operator '{head}'")
 
     def comparison(self, expr: SList, op: str) -> Formula2:
         operands = self.operands(expr)
