@@ -2,8 +2,8 @@
 
 tests/data/vnnlib_normal_forms.json holds a digest of each file's normal form as the parser of
 db984bf (the last commit before VNN-LIB 2.0) gave it: the sizes, and every case's box and
-disjuncts as float64 bytes. The largest file (1.5 MB, a TinyYOLO property) must parse in under a
-second.
+disjuncts as float64 bytes. Every file must parse in under a second (the slowest, nn4sys
+cardinality_0_100_128 with 62,000 bounds inside `or`/`and`, takes about 0.6 s here).
 """
 
 from __future__ import annotations
@@ -45,15 +45,14 @@ def test_every_1_0_file_keeps_its_normal_form():
 
     root = _root()
     expected = json.loads(DIGESTS.read_text())
-    changed, sizes = [], {}
+    changed, slowest = [], (0.0, "")
     for relative, wanted in sorted(expected.items()):
         path = root / relative
         if path.exists():
-            sizes[relative] = path.stat().st_size
-            if digest(parse_file(path)) != wanted:
+            start = time.perf_counter()
+            prop = parse_file(path)
+            slowest = max(slowest, (time.perf_counter() - start, relative))
+            if digest(prop) != wanted:
                 changed.append(relative)
     assert changed == []
-    largest = max(sizes, key=sizes.get)
-    start = time.perf_counter()
-    parse_file(root / largest)
-    assert time.perf_counter() - start < 1.0, largest
+    assert slowest[0] < 1.0, slowest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from verifier.vnnlib.errors import VnnlibError
@@ -18,13 +19,21 @@ def parse_text(text: str, path: str = "<text>") -> Property:
     if is_version_2(text):
         raise VnnlibError(path, 1, "this is a VNN-LIB 2.0 query: decide it with "
                           "`verify verify QUERY --network NAME=MODEL.onnx`")
+    # a large file makes hundreds of thousands of small objects, none of them cyclic: the cycle
+    # collector's passes over them cost a third of the time (cardinality_0_100_128: 0.9 -> 0.6 s)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        script = read_script_text(text, path)
-    except VnnlibError:
-        # the general reader reads the whole file before any command: its error comes first
-        read_script(read_sexprs(text, path), path)
-        raise
-    return compile_script(script, path)
+        try:
+            script = read_script_text(text, path)
+        except VnnlibError:
+            # the general reader reads the whole file before any command: its error comes first
+            read_script(read_sexprs(text, path), path)
+            raise
+        return compile_script(script, path)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def parse_file(path: str | Path) -> Property:
