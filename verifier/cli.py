@@ -57,7 +57,7 @@ def _epilog() -> str:
     return "commands (each with its own --help):\n" + "\n".join(lines)
 
 
-def _settings_options(parser: argparse.ArgumentParser) -> None:
+def settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", help="benchmark family (competition CATEGORY) whose settings apply")
     parser.add_argument("--settings", type=input_file, metavar="FILE.yaml",
                         help=f"family settings file to use instead of {FAMILIES_FILE.name} (same format)")
@@ -67,7 +67,8 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
 
 def verify_parser() -> Parser:
     parser = Parser(prog="verify", description="Verify a VNN-LIB property of an ONNX model: prints sat "
-                    "(with a counterexample re-checked by onnxruntime), unsat, unknown or timeout.",
+                    "(with a counterexample re-checked by onnxruntime), unsat, unknown or timeout. VNN-LIB 2.0 "
+                    "queries: verify verify (and verify --name, verify supports: the standard's interface).",
                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     parser.add_argument("property", help="VNN-LIB property")
@@ -76,12 +77,11 @@ def verify_parser() -> Parser:
     parser.add_argument("--results", type=output_file, help="write the verdict (and counterexample) to this file")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (verdict, stage, timings, files, version) as the last line")
-    _settings_options(parser)
+    settings_options(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the falsifier's random points")
     add_verbosity(parser)
     parser.add_argument("--version", action="version", version=f"verify {__version__}")
-    parser.add_argument("--name", action="store_true", help="print the verifier's full name and exit")
     return parser
 
 
@@ -113,7 +113,7 @@ def bounds_parser() -> Parser:
 def settings_parser() -> Parser:
     parser = Parser(prog="verify settings", description="List every setting: its value (for --family, "
                     "--settings and --set as given), its allowed values and its meaning.")
-    _settings_options(parser)
+    settings_options(parser)
     parser.add_argument("--json", action="store_true", help="the settings tree as one JSON object")
     return parser
 

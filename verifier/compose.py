@@ -1,13 +1,14 @@
 """One ONNX model for a VNN-LIB 2.0 query: every network it names, fed from one flat input.
 
-`compose(query, observables, paths)` builds a model with input `x` (every network's inputs in
+`compose(query, observables, models, paths)` builds a model with input `x` (every network's inputs in
 declaration order, flat) and output `z` (the observables: tensor elements and their products,
 see `vnnlib.query`; then x[0], so that z always depends on x). The engine, the falsifier and
 the onnxruntime check then see a single-input, single-output model, and a query over several
 networks is bounded as one graph. Each network's
 graph is copied in under its own name prefix; an `equal-to` network is a second copy of its
-target's file. `evaluate` runs the original files, each on its own, for the final check of a
-counterexample and for the assignment printed with `sat`.
+target's file. `evaluate` runs the original models, each on its own, for the final check of a
+counterexample and for the assignment printed with `sat`. `read_networks` parses each file once
+for all of these.
 
 Errors of section 5.3.2 of the standard (a missing or unneeded `--network`, element types that
 differ from the declared ones, types that cannot be analysed soundly) raise QueryError.
@@ -20,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from verifier.errors import UserError
-from verifier.load import parse_onnx
+from verifier.load import default_opset, graph_inputs, parse_onnx
 from verifier.vnnlib.query import Observable, Query, Tensor
 
 # Declared types the engine analyses soundly (the others must be declared `real`).
@@ -66,22 +67,29 @@ def check_types(query: Query) -> None:
                              "query's tensors `real` to accept an analysis in float arithmetic")
 
 
-def input_types(query: Query, paths: dict[str, str]) -> dict[str, str]:
+def read_networks(query: Query, paths: dict[str, str]) -> dict[str, onnx.ModelProto]:
+    """Every network's model, each file parsed once (an `equal-to` network shares its target's)."""
+    parsed: dict[str, onnx.ModelProto] = {}
+    for path in dict.fromkeys(paths.values()):
+        parsed[path] = parse_onnx(path)
+    return {n.name: parsed[paths[n.name]] for n in query.networks}
+
+
+def input_types(query: Query, models: dict[str, onnx.ModelProto]) -> dict[str, str]:
     """The ONNX element type of every declared input (float16, float32 or float64 where it is one)."""
     types = {}
     for network in query.networks:
-        for tensor, value in zip(network.inputs, _graph_inputs(parse_onnx(paths[network.name]))):
-            name = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-            types[tensor.name] = name
+        for tensor, value in zip(network.inputs, graph_inputs(models[network.name].graph)):
+            types[tensor.name] = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
     return types
 
 
-def compose(query: Query, observables: list[Observable], paths: dict[str, str]) -> onnx.ModelProto:
-    """The single model x -> z of the query (see the module docstring)."""
-    models = {n.name: parse_onnx(paths[n.name]) for n in query.networks}
-    opset = max(MIN_OPSET, *(_default_opset(m) for m in models.values()))
+def compose(query: Query, observables: list[Observable], models: dict[str, onnx.ModelProto],
+            paths: dict[str, str]) -> onnx.ModelProto:
+    """The single model x -> z of the query (see the module docstring); `paths` name the files."""
+    opset = max(MIN_OPSET, *(default_opset(m) for m in models.values()))
     # x and z are float64 only when every network's inputs are
-    input_types = {value.type.tensor_type.elem_type for m in models.values() for value in _graph_inputs(m)}
+    input_types = {value.type.tensor_type.elem_type for m in models.values() for value in graph_inputs(m.graph)}
     flat_type = TensorProto.DOUBLE if input_types == {TensorProto.DOUBLE} else TensorProto.FLOAT
     nodes, initializers, values = [], [], {}
     start = 0
@@ -90,7 +98,7 @@ def compose(query: Query, observables: list[Observable], paths: dict[str, str]) 
         model = _at_opset(models[network.name], opset, paths[network.name])
         prefix = f"{network.name}__"
         graph = _prefixed(model.graph, prefix, paths[network.name])
-        inputs, outputs = _graph_inputs_of(graph), list(graph.output)
+        inputs, outputs = graph_inputs(graph), list(graph.output)
         _check_interface(query, network.inputs, inputs, "input", paths[network.name])
         _check_interface(query, network.outputs, outputs, "output", paths[network.name])
         for tensor, value in zip(network.inputs, inputs):
@@ -148,16 +156,17 @@ def compose(query: Query, observables: list[Observable], paths: dict[str, str]) 
     return helper.make_model(graph, opset_imports=opsets, producer_name="verifier.compose")
 
 
-def evaluate(query: Query, paths: dict[str, str], flat_inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Every declared tensor's value (flat) for the flat inputs x, each network run on its own file
+def evaluate(query: Query, models: dict[str, onnx.ModelProto], flat_inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every declared tensor's value (flat) for the flat inputs x, each network's own model run
     by onnxruntime, its hidden tensors made outputs of a copy."""
     import onnxruntime
 
     values: dict[str, np.ndarray] = {}
     start = 0
     for network in query.networks:
-        model = parse_onnx(paths[network.name])
-        inputs = _graph_inputs(model)
+        model = onnx.ModelProto()
+        model.CopyFrom(models[network.name])
+        inputs = graph_inputs(model.graph)
         feed = {}
         for tensor, value in zip(network.inputs, inputs):
             part = flat_inputs[start:start + tensor.size]
@@ -196,27 +205,14 @@ def _check_interface(query: Query, declared: list[Tensor], actual: list[onnx.Val
         if dims is not None:
             static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
             fits = len(static) == len(tensor.shape) and all(s is None or s == d for s, d in zip(static, tensor.shape))
-            if not fits and not (not static and not tensor.shape):
+            if not fits:
                 shown = ",".join("?" if s is None else str(s) for s in static)
                 raise QueryError(f"{query.path}:{tensor.line}", f"{tensor.name} is declared "
                                  f"[{','.join(map(str, tensor.shape))}] but the {role} of {path} has shape [{shown}]")
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    return _graph_inputs_of(model.graph)
-
-
-def _graph_inputs_of(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    initializers = {init.name for init in graph.initializer}
-    return [value for value in graph.input if value.name not in initializers]
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def _at_opset(model: onnx.ModelProto, opset: int, path: str) -> onnx.ModelProto:
-    if _default_opset(model) == opset:
+    if default_opset(model) == opset:
         return model
     try:
         return onnx.version_converter.convert_version(model, opset)

@@ -90,8 +90,7 @@ def parse_onnx(path: str) -> onnx.ModelProto:
 
 def graph_io(model: onnx.ModelProto, path: str) -> tuple[str, tuple[int, ...], torch.dtype, tuple[int, ...]]:
     """Name, shape and dtype of the single real input, and the shape of the single output (see LoadedModel)."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
+    inputs = graph_inputs(model.graph)
     if len(inputs) != 1:
         raise ModelError(path, f"the model has {len(inputs)} inputs; only single-input models are supported")
     if len(model.graph.output) != 1:
@@ -106,6 +105,12 @@ def graph_io(model: onnx.ModelProto, path: str) -> tuple[str, tuple[int, ...], t
     if output_shape is None:
         output_shape = _inferred_output_shape(model, path, inputs[0].name, input_shape, dtype)
     return inputs[0].name, input_shape, dtype, output_shape
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph's real inputs: those that no initializer gives (old exporters list weights too)."""
+    initializers = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in initializers]
 
 
 def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
@@ -288,10 +293,11 @@ def _separate_multi_output_results(model: onnx.ModelProto) -> None:
 
 
 def _explicit_same_pads(model: onnx.ModelProto) -> None:
-    """Replace `auto_pad` SAME_UPPER / SAME_LOWER of Conv, ConvTranspose and pooling nodes by the
-    explicit pads it stands for (onnx2torch implements only explicit ones), where shape inference
-    gives the input's spatial size. Output size ceil(in / stride); the odd pad goes at the end
-    for SAME_UPPER, at the start for SAME_LOWER."""
+    """Replace `auto_pad` SAME_UPPER / SAME_LOWER of Conv and pooling nodes by the explicit pads it
+    stands for (onnx2torch implements only explicit ones), where shape inference gives the input's
+    spatial size; ConvTranspose, whose SAME pads depend on its output size, is left as it is.
+    Output size ceil(in / stride); the odd pad goes at the end for SAME_UPPER, at the start for
+    SAME_LOWER."""
     nodes = [n for n in model.graph.node if any(a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER")
                                                 for a in n.attribute)]
     if not nodes:
@@ -347,7 +353,7 @@ def _strip_empty_trailing_inputs(model: onnx.ModelProto) -> None:
             node.input.pop()
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
@@ -356,7 +362,7 @@ def _missing_converters(model: onnx.ModelProto) -> set[str]:
     from onnx2torch.node_converters.registry import get_converter
 
     missing = set()
-    version = _default_opset(model)
+    version = default_opset(model)
     for node in model.graph.node:
         try:
             get_converter(operation_type=node.op_type, version=version, domain=node.domain or "")
@@ -409,7 +415,7 @@ class OneHot(torch.nn.Module):
 def _upgraded(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
     """The model converted to opset UPGRADE_OPSET: up from old opsets, and down from the newer
     ones that torch's exporter writes (20 in torch 2.13), for which onnx2torch lacks converters."""
-    if _default_opset(model) == UPGRADE_OPSET:
+    if default_opset(model) == UPGRADE_OPSET:
         return model
     try:
         upgraded = onnx.version_converter.convert_version(model, UPGRADE_OPSET)

@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from verifier.arguments import USER_ERROR, Parser, add_verbosity, configure_logging, input_file, setup_torch
+from verifier.cli import load_cli_settings, settings_options
 from verifier.deadline import WATCHDOG_GRACE, Deadline, start_watchdog
 from verifier.errors import first_line
 
@@ -31,7 +32,6 @@ NAME = "vnn-verifier (IBP, CROWN, alpha-CROWN, branch and bound)"
 TIMEOUT_MARGIN = 0.8
 VNNLIB_VERSIONS = ("2.0", "2.0")
 OPSET_VERSIONS = (7, 20)
-ELEMENT_TYPES = ("float32", "float64", "int64", "int32", "bool", "real")
 # what the engine answers for, by the theory names of chapter 4 (every one listed, not only the largest)
 THEORIES = {
     "--hidden-node-theories": ["NH", "H"],
@@ -53,7 +53,7 @@ def verify_parser() -> Parser:
     parser.add_argument("--network", action="append", default=[], metavar="NAME=PATH",
                         help="the ONNX model of a declared network (every one that is not equal-to another)")
     parser.add_argument("--timeout", type=_seconds, default=None, help="seconds from process start (may be a fraction)")
-    parser.add_argument("--family", help="benchmark family whose settings apply")
+    settings_options(parser)
     add_verbosity(parser)
     return parser
 
@@ -78,14 +78,10 @@ def network_mappings(items: list[str]) -> dict[str, str]:
             raise QueryError(f"--network {item}", "expected NAME=PATH")
         if name in paths:
             raise QueryError(f"--network {name}", "given twice")
-        paths[name] = input_file(path) if os.path.exists(path) else _missing(path)
+        if not os.path.isfile(path):
+            raise QueryError(path, "no such file")
+        paths[name] = path
     return paths
-
-
-def _missing(path: str) -> str:
-    from verifier.compose import QueryError
-
-    raise QueryError(path, "no such file")
 
 
 def watch(argv: list[str], start: float) -> None:
@@ -100,19 +96,15 @@ def run_verify(argv: list[str], start: float) -> int:
     """`verify verify ...`; returns the exit code."""
     args = verify_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet, start)
-    from verifier.compose import QueryError
     from verifier.errors import ModelError, UserError
     from verifier.vnnlib import VnnlibError
 
     try:
         verdict, lines = decide(args, start)
-    except (QueryError, VnnlibError) as error:
-        print(first_line(error), file=sys.stderr)
-        return USER_ERROR
-    except ModelError as error:
+    except ModelError as error:  # a model the engine cannot bound: no guess
         print(f"{first_line(error)}: answering unknown", file=sys.stderr)
         verdict, lines = "unknown", []
-    except UserError as error:
+    except (UserError, VnnlibError) as error:  # 5.3.2 errors (QueryError) and bad queries
         print(first_line(error), file=sys.stderr)
         return USER_ERROR
     except Exception as error:  # noqa: BLE001 - an internal failure is never a guess: unknown, exit 1
@@ -127,30 +119,29 @@ def run_verify(argv: list[str], start: float) -> int:
 
 def decide(args: argparse.Namespace, start: float) -> tuple[str, list[str]]:
     """The verdict of a query and, for sat, the assignment's lines."""
-    from verifier.cli import load_cli_settings
-    from verifier.compose import check_types, compose, evaluate, input_types, model_paths
+    from verifier.compose import check_types, compose, evaluate, input_types, model_paths, read_networks
     from verifier.verify import verify_instance
     from verifier.vnnlib import read_query
 
     query = read_query(args.query)
     check_types(query)
     paths = model_paths(query, network_mappings(args.network))
-    prop, observables = query.compile(input_types(query, paths))
+    models = read_networks(query, paths)
+    prop, observables = query.compile(input_types(query, models))
     deadline = Deadline(None if args.timeout is None else args.timeout - TIMEOUT_MARGIN, start)
-    args.overrides, args.settings = [], None
     settings = load_cli_settings(args)
     setup_torch("cpu")
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="verify-query-") as folder:
         composed = os.path.join(folder, f"{Path(args.query).stem}.onnx")
-        onnx.save(compose(query, observables, paths), composed)
+        onnx.save(compose(query, observables, models, paths), composed)
         outcome = verify_instance(composed, prop, settings, deadline)
     if outcome.verdict == "timeout":
         return "timed-out", []
     if outcome.verdict != "sat":
         return outcome.verdict, []
-    values = evaluate(query, paths, outcome.counterexample.inputs)
+    values = evaluate(query, models, outcome.counterexample.inputs)
     if not query.holds(values):  # the composed model said yes, the networks on their own say no
         log.warning("the counterexample of the composed model does not hold on the networks themselves")
         return "unknown", []
@@ -187,7 +178,9 @@ def run_supports(argv: list[str]) -> int:
     elif flag == "--vnnlib-versions":
         lines = list(VNNLIB_VERSIONS)
     elif flag == "--onnx-element-types":
-        lines = list(ELEMENT_TYPES)
+        from verifier.compose import SOUND_TYPES
+
+        lines = [*SOUND_TYPES, "real"]
     elif flag == "--onnx-operators":
         from verifier.bounds import supported_onnx_ops
 

@@ -39,7 +39,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def verify_instance(model_path: str, property_path: str | Property, settings: Settings, deadline: Deadline,
+def verify_instance(model_path: str, prop: str | Property, settings: Settings, deadline: Deadline,
                     device: str = "cpu", seed: int = 0,
                     load: Callable[[str], LoadedModel] = load_model) -> Outcome:
     """Decide one instance; user errors (bad files, unsupported operators) raise UserError.
@@ -49,7 +49,7 @@ def verify_instance(model_path: str, property_path: str | Property, settings: Se
     `load` converts the model; batch workers pass a cache so that rows sharing a model convert it once.
     Progress is logged (INFO) on the `verifier` logger.
     """
-    instance = open_instance(model_path, property_path, device, load)
+    instance = open_instance(model_path, prop, device, load)
     timings = {"load": deadline.elapsed()}
     if instance.network is None:
         return Outcome("unsat", decided_by="the property's constraints cannot hold together", timings=timings)

@@ -158,10 +158,6 @@ class Query:
                 name = f"X_{offsets[tensor.name] + i}"
                 asserts.append(Compare(Linear({name: -1.0}, -largest), tensor.line))
                 asserts.append(Compare(Linear({name: 1.0}, -largest), tensor.line))
-        if not observables:  # z is never empty: the first input element stands for it
-            first = self.inputs[0]
-            observables[((first.name, 0),)] = 0
-            variables["Y_0"] = Variable("Y", 0, first.line)
         try:
             prop = compile_script(Script(variables, asserts), self.path)
         except VnnlibError as error:  # name inputs as the query does, not by their flat index

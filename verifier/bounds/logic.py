@@ -70,9 +70,6 @@ class Step(Rule):
     def backward(self, coeffs: Tensor, x: Interval) -> Backward:
         return Backward([None], constant_lines(coeffs, self.ibp(x)))
 
-    def forward_forms(self, x, bounds: list[Interval]):
-        return None  # constant lines: the interval says all
-
 
 def constant_lines(coeffs: Tensor, image: Interval) -> Tensor:
     """[B, m]: the least value of each row `coeffs` [B, m, *shape] over the box `image`."""
@@ -124,8 +121,8 @@ def cast_to_integer(builder, value, target: torch.dtype):
 
 
 class Where(Rule):
-    """Where(c, a, b) with c in {0, 1}; `slots` says which operands are variables (in order of
-    the rule's inputs) and holds the constant ones, all broadcast to `shape`."""
+    """Where(c, a, b) with c in {0, 1}: `constants` holds the constant operands (broadcast to
+    `shape`) and None for each variable one, which the rule takes as inputs in that order."""
 
     needs_bounds = True
     exact = True
@@ -168,21 +165,14 @@ class Where(Rule):
         open_ = ~(sure | never)
         hull = self.ibp(*inputs)
         bias = constant_lines(torch.where(open_, coeffs, 0.0), hull)
-        to_a = torch.where(sure, coeffs, 0.0)
-        to_b = torch.where(never, coeffs, 0.0)
-        for decided, operand in ((to_a, a), (to_b, b)):
-            if not self.variable[1 if decided is to_a else 2]:
-                bias = bias + row_sum(decided * operand.lower.unsqueeze(1))
-        results = []
-        for slot, decided, operand in ((1, to_a, a), (2, to_b, b)):
+        results = [None] if self.variable[0] else []  # the condition only picks: nothing to it
+        for slot, decided, operand in ((1, sure, a), (2, never, b)):
+            chosen = torch.where(decided, coeffs, 0.0)
             if self.variable[slot]:
-                results.append(sum_to_shape(decided, tuple(operand.lower.shape[1:])))
-        if self.variable[0]:
-            results.insert(0, None)  # the condition only picks: its coefficients are in the bias
+                results.append(sum_to_shape(chosen, tuple(operand.lower.shape[1:])))
+            else:
+                bias = bias + row_sum(chosen * operand.lower.unsqueeze(1))
         return Backward(results, bias)
-
-    def forward_forms(self, *forms, bounds: list[Interval]):
-        return None
 
 
 @register(OnnxWhere, "Where")
