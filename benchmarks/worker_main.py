@@ -53,12 +53,12 @@ def real_verifier() -> VerifyFunction:
     """The verifier itself, with a model cache; torch is imported here, once per worker."""
     from verifier.arguments import setup_torch
     from verifier.deadline import Deadline
-    from verifier.load import load_model
+    from verifier.load import load_for_verifying
     from verifier.settings import from_mapping
     from verifier.verify import verify_instance
     from verifier.witness import format_assignment
 
-    cache = ModelCache(load_model)
+    cache = ModelCache(load_for_verifying)
 
     def verify(task: Task) -> tuple[str, str | None]:
         deadline = Deadline(task["timeout"])

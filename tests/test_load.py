@@ -72,9 +72,9 @@ def test_opcoverage_models_load_or_name_their_unsupported_operators():
             loaded += 1
         except ModelError as error:
             refused.append(str(error))
-    assert loaded >= 7
-    for message in refused:  # carvana and cctsdb: integer-valued heads
-        assert "unsupported operators:" in message and ("ArgMax" in message or "Cast" in message)
+    assert loaded >= 9
+    for message in refused:  # cctsdb: a patch placed by Slice starts that are inputs
+        assert "unsupported operators:" in message and "Slice" in message
 
 
 def test_the_loader_writes_nothing_beside_a_read_only_model(tmp_path):

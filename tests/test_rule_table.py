@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 
 from tests import soundness
 from tests.graphs import GraphWriter
-from verifier.bounds import activation, core, linear, shape, supported_onnx_ops
+from verifier.bounds import activation, core, linear, logic, shape, supported_onnx_ops
 from verifier.bounds.core import Backward, Interval
 from verifier.bounds.network import Network
 from verifier.bounds.relaxation import LinearRelaxation
@@ -156,6 +156,35 @@ def _cast_to(to: int) -> Build:
                              to=TensorProto.FLOAT)
 
 
+def _extremum(op: str) -> Build:  # a variable, a mixing of it and a constant
+    return lambda g, x: g.op(op, [x, mixed(g, x, 4), g.const(np.array([0.5, -0.5, 0.0, 1.0]))])
+
+
+def _arg_extremum(op: str, **attributes) -> Build:
+    def build(g, x):
+        index = g.op(op, [g.op("Add", [x, mixed(g, x, 4)])], axis=1, **attributes)
+        return g.op("Cast", [index], to=TensorProto.FLOAT)
+    return build
+
+
+def _one_hot(g, x):  # indices -3..3 (negative ones count from the depth), some out of range
+    indices = g.op("Cast", [g.op("Mul", [x, g.const(np.array(1.6))])], to=TensorProto.INT64)
+    return g.op("OneHot", [indices, g.const(_ints(3), np.int64), g.const(np.array([-1.0, 2.0]))], axis=1)
+
+
+def _scatter_nd(g, x):
+    """Updates at constant indices: into variable data, variable updates into constant data, and
+    both variable (scalar updates)."""
+    into_data = g.op("ScatterND", [x, g.const(np.array([[0, 1], [0, 3]]), np.int64),
+                                   g.const(np.array([[1.0, -1.0, 0.5], [0.0, 2.0, 3.0]]))])
+    rows = g.op("ReduceSum", [x, g.const(_ints(1), np.int64)], keepdims=0)  # (1, 3)
+    into_constant = g.op("ScatterND", [g.const(np.full((1, 4, 3), 0.25)), g.const(np.array([[0, 2]]), np.int64), rows])
+    first_two = g.op("Slice", [rows, g.const(_ints(0, 0), np.int64), g.const(_ints(1, 2), np.int64)])
+    scalars = g.op("Reshape", [first_two, g.const(_ints(2), np.int64)])
+    both = g.op("ScatterND", [into_data, g.const(np.array([[0, 0, 0], [0, 2, 1]]), np.int64), scalars])
+    return g.op("Concat", [into_data, into_constant, both], axis=1)
+
+
 def _shape(g, x):  # Shape of the input feeding the Reshape of a variable: folded into a constant
     flat = g.op("Flatten", [mixed(g, x, 3)], axis=1)
     return g.op("Reshape", [flat, g.op("Shape", [x])])
@@ -187,7 +216,16 @@ TABLE: dict[str, list[Row]] = {
     "Relu": [Row(unary("Relu"), (1, 6))],
     "Sigmoid": [Row(unary("Sigmoid"), (1, 6), (-4.0, 4.0))],
     "Tanh": [Row(unary("Tanh"), (1, 6), (-3.0, 3.0))],
-    "LeakyRelu": [Row(unary("LeakyRelu", alpha=0.1), (1, 6))],
+    "LeakyRelu": [Row(unary("LeakyRelu", alpha=0.1), (1, 6)), Row(unary("LeakyRelu", alpha=1.5), (1, 6)),
+                  Row(unary("LeakyRelu", alpha=-0.3), (1, 6))],
+    "PRelu": [Row(with_constants("PRelu", np.array([0.1, -0.5, 1.5, 0.0])), (1, 2, 4)),
+              Row(with_constants("PRelu", np.array([[0.2], [2.0]])), (1, 2, 4)),
+              Row(with_constants("PRelu", np.array(0.3)), (1, 4))],
+    "Abs": [Row(unary("Abs"), (1, 6))],
+    "Max": [Row(_extremum("Max"), (1, 4)), Row(lambda g, x: g.op("Max", [x, mixed(g, x, 4)]), (1, 4), opset=8)],
+    "Min": [Row(_extremum("Min"), (1, 4)), Row(lambda g, x: g.op("Min", [x, g.const(np.array(0.3))]), (1, 4))],
+    "HardSigmoid": [Row(unary("HardSigmoid", alpha=0.3, beta=0.4), (1, 6), (-4.0, 4.0))],
+    "Elu": [Row(unary("Elu", alpha=0.7), (1, 6), (-3.0, 2.0))],
     "Clip": [Row(with_constants("Clip", np.array(-0.5), np.array(0.8)), (1, 6)),
              Row(unary("Clip", min=0.0, max=6.0), (1, 6), (-3.0, 8.0), opset=6),  # nn.ReLU6
              Row(with_constants("Clip", np.array(0.0)), (1, 6), appears=("Clip",))],  # nn.ReLU
@@ -272,6 +310,14 @@ TABLE: dict[str, list[Row]] = {
     "LessOrEqual": [Row(_compare("LessOrEqual"), (1, 4))],
     "Equal": [Row(_compare("Equal"), (1, 4))],
     "Where": [Row(_where, (1, 4))],
+    "ArgMax": [Row(_arg_extremum("ArgMax", keepdims=0), (1, 3, 4)),
+               Row(_arg_extremum("ArgMax", keepdims=1, select_last_index=1), (1, 3, 4)),
+               Row(_arg_extremum("ArgMax", keepdims=1), (1, 3, 4), opset=11)],
+    "ArgMin": [Row(_arg_extremum("ArgMin", keepdims=0), (1, 3, 4)),
+               Row(lambda g, x: g.op("Cast", [g.op("ArgMin", [x], axis=1, keepdims=1)], to=TensorProto.FLOAT),
+                   (1, 18, 2))],  # more elements than PAIRWISE_ARG_LIMIT: from their own intervals
+    "OneHot": [Row(_one_hot, (1, 4), opset=11)],
+    "ScatterND": [Row(_scatter_nd, (1, 4, 3))],
     "Shape": [Row(_shape, (1, 2, 3), appears=("Reshape",), folded=("Shape",))],
 }
 
@@ -366,6 +412,7 @@ def test_rule_row_is_sound(op, index, row, seed):
 # The table's rows catch broken rules: each mutation below must make its row fail.
 ORIGINAL = {(cls, name): getattr(cls, name) for cls, name in [
     (shape.Select, "backward"), (activation.Sign, "relax"), (linear.Reduce, "backward"), (shape.Select, "ibp"),
+    (logic.ArgExtremum, "ibp"), (logic.OneHot, "ibp"),
 ]}
 
 
@@ -389,6 +436,16 @@ def select_ibp_raised_lower(self, x):
     return Interval(interval.lower + (interval.upper - interval.lower) / 4, interval.upper)
 
 
+def arg_extremum_ibp_first_only(self, x):
+    interval = ORIGINAL[logic.ArgExtremum, "ibp"](self, x)
+    return Interval(interval.lower, interval.lower)  # as if the first candidate always won
+
+
+def one_hot_ibp_without_negative_indices(self, x):
+    interval = ORIGINAL[logic.OneHot, "ibp"](self, Interval(x.lower.clamp(min=0), x.upper.clamp(min=0)))
+    return interval  # an index below 0 read as 0, not as depth + index
+
+
 MUTATIONS = [
     ("Pad", 0, shape.Select, "backward", select_backward_without_fill),
     ("Sign", 0, activation.Sign, "relax", sign_relax_swapped),
@@ -396,6 +453,11 @@ MUTATIONS = [
     ("ReduceMean", 1, linear.Reduce, "backward", reduce_backward_halved),
     ("Tile", 0, shape.Select, "ibp", select_ibp_raised_lower),
     ("GatherND", 0, shape.Select, "ibp", select_ibp_raised_lower),
+    ("ScatterND", 0, shape.Select, "backward", select_backward_without_fill),
+    ("ArgMax", 0, logic.ArgExtremum, "ibp", arg_extremum_ibp_first_only),
+    ("ArgMin", 0, logic.ArgExtremum, "ibp", arg_extremum_ibp_first_only),
+    ("ArgMin", 1, logic.ArgExtremum, "ibp", arg_extremum_ibp_first_only),
+    ("OneHot", 0, logic.OneHot, "ibp", one_hot_ibp_without_negative_indices),
 ]
 
 

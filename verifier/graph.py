@@ -18,6 +18,7 @@ from torch.fx.operator_schemas import get_signature_for_torch_op, normalize_func
 from verifier.bounds import factory_for
 from verifier.bounds.core import Rule, Unsupported
 from verifier.bounds.network import Network, Node
+from verifier.bounds.opaque import Opaque
 from verifier.bounds.shape import Select
 from verifier.errors import ModelError
 from verifier.load import LoadedModel, describe_unsupported
@@ -115,8 +116,9 @@ class Builder:
 
 
 def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bool = False,
-                  variables: Sequence[Tensor] = ()) -> Network:
-    """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed).
+                  variables: Sequence[Tensor] = (), opaque: bool = False) -> Network:
+    """Turn `model` into a Network of rules; unsupported operators raise ModelError (all listed),
+    or with `opaque` become Opaque nodes (bounds (-inf, inf)), listed in `network.unbounded`.
 
     `variables` are parameters of the module that become inputs of the graph, for bounds over
     perturbed weights. With more than one input (the module's further inputs, of
@@ -167,13 +169,14 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                     truth[node] = target(*truth_args, **truth_kwargs)
                 except Exception as error:  # noqa: BLE001
                     raise ModelError(model.path, f"{builder.label} fails on a sample input: {error}") from None
+                call = _per_sample_call(target, (node_args, node_kwargs), env, truth) if opaque else None
                 if options:  # keyword-only operands away from their defaults: no factory reads them
                     op_type = f"{op_type} with {', '.join(f'{k}={v!r}' for k, v in options.items())}"
                     target = None
-                env[node] = _build_node(builder, target, args, truth[node], op_type, unsupported)
+                env[node] = _build_node(builder, target, args, truth[node], op_type, unsupported, call)
             elif node.op == "output":
                 output = env[node.args[0]] if not isinstance(node.args[0], (tuple, list)) else None
-    if unsupported:
+    if unsupported and not opaque:
         raise ModelError(model.path, f"unsupported operators: {describe_unsupported(unsupported)}")
     consumed = {index for node in builder.nodes for index in node.inputs}
     if any(value.index not in consumed for value in builder.variables.values()):
@@ -183,30 +186,85 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                          "(only the weights and biases of linear layers can)")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
-    return Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
+    network = Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
+    network.unbounded = describe_unsupported(unsupported)
+    return network
 
 
 def _build_node(builder: Builder, target, args: list, truth: object, op_type: str,
-                unsupported: dict[str, list[str]]) -> object:
+                unsupported: dict[str, list[str]], call: tuple | None = None) -> object:
+    """The node's value: folded, built by its factory, or (unsupported) an Opaque node where
+    `call` (from `_per_sample_call`) is given, else a placeholder that only lets later nodes be
+    examined."""
     flat = _flatten(args)
     depends_on_input = any(isinstance(a, (Value, _Opaque)) for a in flat)
     if not depends_on_input:
         return truth  # constant folding: every operand is a constant
+    name = builder.label.split("'")[1] if "'" in builder.label else op_type
     factory = factory_for(target)
     if factory is None:
-        unsupported.setdefault(op_type, []).append(builder.label.split("'")[1] if "'" in builder.label else op_type)
-        return _Opaque()
+        unsupported.setdefault(op_type, []).append(name)
+        return _opaque(builder, call, truth)
     if any(isinstance(a, _Opaque) for a in flat):
         return _Opaque()  # downstream of an unsupported node: only its own support was checked
-    first_rule = len(builder.rules)
+    first_rule, first_node = len(builder.rules), len(builder.nodes)
     try:
         result = factory(builder, target, args)
         _check_integer_arithmetic(builder.rules[first_rule:], truth)
     except Unsupported as reason:
-        unsupported.setdefault(f"{op_type} ({reason})", []).append(builder.label.split("'")[1])
-        return _Opaque()
+        unsupported.setdefault(f"{op_type} ({reason})", []).append(name)
+        del builder.rules[first_rule:], builder.nodes[first_node:], builder.node_dtypes[first_node:]
+        return _opaque(builder, call, truth)
     _check_against_truth(builder, result, truth)
     return result
+
+
+def _opaque(builder: Builder, call: tuple | None, truth: object) -> object:
+    if call is None or not isinstance(truth, Tensor):
+        return _Opaque()
+    function, variables, dtypes = call
+    return builder.add(Opaque(function, dtypes, tuple(truth.shape)), variables)
+
+
+def _per_sample_call(target, operands: tuple, env: dict, truth: dict) -> tuple | None:
+    """(function of the variable operands' per-sample values that calls `target` with every
+    operand in place, those variables, their dtypes in the model) for an Opaque node; None where
+    an operand is not a plain variable or constant."""
+    variables, dtypes = [], []
+
+    def slot(argument):
+        if not isinstance(argument, fx.Node):
+            return argument
+        value = env.get(argument)
+        if isinstance(value, Value):
+            variables.append(value)
+            dtypes.append(torch.as_tensor(truth[argument]).dtype)
+            return _Slot(len(variables) - 1)
+        if isinstance(value, _Opaque):
+            raise _NoCall
+        return value
+
+    try:
+        args, kwargs = fx.node.map_aggregate(operands, slot)
+    except _NoCall:
+        return None
+    if not variables:
+        return None
+
+    def function(*values: Tensor) -> Tensor:
+        fill = lambda a: values[a.index] if isinstance(a, _Slot) else a  # noqa: E731
+        return target(*fx.node.map_aggregate(args, fill), **fx.node.map_aggregate(kwargs, fill))
+
+    return function, variables, dtypes
+
+
+class _Slot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _NoCall(Exception):
+    pass
 
 
 def _check_integer_arithmetic(rules: list[Rule], truth: object) -> None:

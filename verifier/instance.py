@@ -9,7 +9,7 @@ import torch
 
 from verifier.bounds.network import Network
 from verifier.graph import build_network
-from verifier.load import LoadedModel, load_model
+from verifier.load import LoadedModel, load_for_verifying
 from verifier.spec import Spec
 from verifier.vnnlib import Property, parse_file
 
@@ -23,11 +23,12 @@ class Instance:
 
 
 def open_instance(model_path: str, prop: str | Property, device: str = "cpu",
-                  load: Callable[[str], LoadedModel] = load_model) -> Instance:
+                  load: Callable[[str], LoadedModel] = load_for_verifying) -> Instance:
     """Parse the property (a file, or one already compiled), convert the model, check that their
     sizes agree and build the network.
 
-    User errors (bad files, unsupported operators, sizes that do not match) raise UserError.
+    User errors (bad files, operators onnx2torch cannot convert, sizes that do not match) raise
+    UserError; operators without a bound rule become Opaque nodes (`network.unbounded` names them).
     """
     prop = parse_file(prop) if isinstance(prop, str) else prop
     model = load(model_path)
@@ -37,5 +38,5 @@ def open_instance(model_path: str, prop: str | Property, device: str = "cpu",
     if not prop.cases:
         return Instance(prop, model, None, None)
     probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
-    network = build_network(model, probe).to(device)
+    network = build_network(model, probe, opaque=True).to(device)
     return Instance(prop, model, network, Spec.build(prop, network.input_shape, network.dtype, device))

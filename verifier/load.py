@@ -162,8 +162,10 @@ def _inferred_output_shape(model: onnx.ModelProto, path: str, input_name: str, i
     return tuple(int(size) for size in np.shape(output))
 
 
-def load_model(path: str) -> LoadedModel:
-    """Load and convert an ONNX model; user-caused problems raise ModelError (one line)."""
+def load_model(path: str, opaque: bool = False) -> LoadedModel:
+    """Load and convert an ONNX model; user-caused problems raise ModelError (one line). Operators
+    without a bound rule are refused here unless `opaque` (the graph builder then stands an
+    Opaque node in for each), where only those onnx2torch cannot convert are."""
     original = parse_onnx(path)
     input_name, input_shape, dtype, output_shape = graph_io(original, path)
     model = onnx.ModelProto()
@@ -174,7 +176,7 @@ def load_model(path: str) -> LoadedModel:
     _separate_multi_output_results(model)
     _explicit_same_pads(model)
     unbounded = _unbounded_operators(model, input_name)
-    if unbounded:
+    if unbounded and not opaque:
         raise ModelError(path, f"unsupported operators: {describe_unsupported(unbounded)}")
     onnx2torch = import_onnx2torch()
     _register_extra_converters()
@@ -198,6 +200,11 @@ def load_model(path: str) -> LoadedModel:
     module.eval().requires_grad_(False)
     nodes = {(n.name.replace(".", "/") or n.op_type): (n.op_type, n.name) for n in model.graph.node}
     return LoadedModel(path, module, input_name, input_shape, output_shape, dtype, nodes, _node_dtypes(model))
+
+
+def load_for_verifying(path: str) -> LoadedModel:
+    """`load_model` as `verify` uses it: operators without a rule become Opaque nodes."""
+    return load_model(path, opaque=True)
 
 
 def _node_dtypes(model: onnx.ModelProto) -> dict[str, torch.dtype]:
@@ -377,6 +384,7 @@ def _register_extra_converters() -> None:
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 
+    from verifier.bounds.logic import OnnxOneHot
     from verifier.bounds.shape import OnnxSplit18
 
     if OperationDescription("", "Split", 18) not in _CONVERTER_REGISTRY:
@@ -392,24 +400,7 @@ def _register_extra_converters() -> None:
 
         @add_converter(operation_type="OneHot", version=version)
         def _one_hot(node, graph):  # noqa: ARG001
-            return OperationConverterResult(OneHot(node.attributes.get("axis", -1)), onnx_mapping_from_node(node))
-
-
-class OneHot(torch.nn.Module):
-    """ONNX OneHot: `values[1]` at each index along a new axis, `values[0]` elsewhere."""
-
-    def __init__(self, axis: int) -> None:
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        size = int(depth.reshape(-1)[0])
-        index = indices.long()
-        index = torch.where(index < 0, index + size, index)
-        hot = torch.nn.functional.one_hot(index, size).to(values.dtype)
-        out = values[0] + (values[1] - values[0]) * hot
-        axis = self.axis if self.axis >= 0 else out.dim() + self.axis
-        return out if axis == out.dim() - 1 else torch.movedim(out, -1, axis)
+            return OperationConverterResult(OnnxOneHot(node.attributes.get("axis", -1)), onnx_mapping_from_node(node))
 
 
 def _upgraded(model: onnx.ModelProto, path: str) -> onnx.ModelProto:

@@ -581,7 +581,10 @@ class _BoxSearch(_Case):
         refuted, proved, open_rows, gap = self._outcome(best, refuted)
         self._try_minimisers(seen.get(0), open_rows, lower, upper)
         width = (upper - lower).reshape(count, -1)
-        weight = (seen[0].reshape(count, coeffs.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
+        if 0 in seen:
+            weight = (seen[0].reshape(count, coeffs.shape[1], -1).abs() * open_rows.unsqueeze(-1)).sum(1)
+        else:  # no row's coefficients reach the input (an Opaque node stands between): split the widest
+            weight = torch.zeros_like(width)
         score = torch.where((weight * width).amax(1, keepdim=True) > 0, weight * width, width)
         pick = score.argmax(1)
         node = torch.where(width.amax(1) > 0, 0, -1)

@@ -18,7 +18,7 @@ from verifier.attack import Falsifier
 from verifier.bounds.network import Network
 from verifier.deadline import Deadline
 from verifier.instance import open_instance
-from verifier.load import LoadedModel, load_model
+from verifier.load import LoadedModel, load_for_verifying
 from verifier.prove import Proof, prove
 from verifier.search import branch_and_bound
 from verifier.settings import Settings
@@ -41,7 +41,7 @@ class Outcome:
 
 def verify_instance(model_path: str, prop: str | Property, settings: Settings, deadline: Deadline,
                     device: str = "cpu", seed: int = 0,
-                    load: Callable[[str], LoadedModel] = load_model) -> Outcome:
+                    load: Callable[[str], LoadedModel] = load_for_verifying) -> Outcome:
     """Decide one instance; user errors (bad files, unsupported operators) raise UserError.
 
     The property is a VNN-LIB file, or a compiled one (a VNN-LIB 2.0 query's, over its composed model).
@@ -54,6 +54,9 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
     if instance.network is None:
         return Outcome("unsat", decided_by="the property's constraints cannot hold together", timings=timings)
     network, spec, model = instance.network, instance.spec, instance.model
+    if network.unbounded:
+        log.warning("%s: unsupported operators: %s; their values are bounded by (-inf, inf) and the attack "
+                    "still runs", model_path, network.unbounded)
     log.info("loaded %s: %d nodes, %d input box(es), %d spec row(s) per box, %.2fs", model_path,
              len(network.nodes), spec.cases, spec.matrix.shape[1], deadline.elapsed())
     if deadline.expired():
@@ -97,12 +100,23 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
         if proof.all_proved:
             return Outcome("unsat", decided_by=method, timings=timings)
 
+    if branching and network.unbounded and _unbounded_rows(spec, proof):
+        log.info("branch and bound: skipped, every open row's bound is -inf (it passes through an unsupported "
+                 "operator, whose values no split narrows)")
+        branching = False
     if branching and proof.intervals is not None and not deadline.expired():
         outcome = _branch(network, spec, proof, settings, falsifier, deadline, timings)
         if outcome is not None:
             return outcome
 
     return _attack_only(falsifier, deadline, timings)
+
+
+def _unbounded_rows(spec: Spec, proof: Proof) -> bool:
+    """Whether every row of every open case has the lower bound -inf."""
+    open_cases = ~proof.proved
+    rows = spec.row_disjunct[open_cases] >= 0
+    return bool(np.isneginf(proof.lower[open_cases][rows]).all())
 
 
 def _attack_only(falsifier: Falsifier, deadline: Deadline, timings: dict[str, float]) -> Outcome:

@@ -1,4 +1,5 @@
-"""Activations: ReLU (and Clip/LeakyReLU built from it), Sigmoid, Tanh, Sign.
+"""Activations: ReLU (and Clip, LeakyRelu, PRelu, Abs, Max, Min, HardSigmoid and Elu built from
+it), Sigmoid, Tanh, Sign.
 
 ReLU uses the chord above and the adaptive lower line (slope 1 if u >= -l, else 0). Sigmoid and
 Tanh pick each line's slope by the tangent/chord rules of CROWN and then take the intercept as the
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from onnx2torch.node_converters.activations import OnnxHardSigmoid, OnnxPReLU
 from onnx2torch.node_converters.clip import OnnxClip
 from onnx2torch.node_converters.functions import OnnxFunction
+from onnx2torch.node_converters.min_max import OnnxMinMax
 from torch import Tensor, nn
 
 from verifier.bounds import smooth
-from verifier.bounds.arith import WeightedSum, affine
+from verifier.bounds.arith import WeightedSum, affine, binary
 from verifier.bounds.core import Interval, Unsupported, register, rounding
 from verifier.bounds.relaxation import Elementwise, LinearRelaxation, clamp_passing, extremum_intercepts
 
@@ -262,12 +265,67 @@ def leaky_relu_function_factory(builder, function, args):
     return _leaky_relu(builder, args[0], float(args[1]) if len(args) > 1 else 0.01)
 
 
-def _leaky_relu(builder, x, slope: float):
-    # leaky(x) = slope * x + (1 - slope) * relu(x), exact for slope < 1.
-    if not 0 <= slope < 1:
-        raise Unsupported(f"LeakyRelu with slope {slope}")
+def _leaky_relu(builder, x, slope: float | Tensor):
+    # leaky(x) = slope * x + (1 - slope) * relu(x): an identity for every slope (above 1 or below
+    # 0 too: a negative weight on relu(x) is bounded like any other)
     rectified = builder.add(ReLU(), [x])
-    return builder.add(WeightedSum((slope, 1.0 - slope), [x.shape, x.shape]), [x, rectified])
+    if not isinstance(slope, Tensor):
+        return builder.add(WeightedSum((slope, 1.0 - slope), [x.shape, x.shape]), [x, rectified])
+    scaled, rest = affine(builder, x, scale=slope), affine(builder, rectified, scale=1 - slope)
+    return builder.add(WeightedSum((1.0, 1.0), [scaled.shape, rest.shape]), [scaled, rest])
+
+
+@register(OnnxPReLU, "PRelu")
+def prelu_factory(builder, module, args):
+    x, slope = args
+    if builder.is_variable(slope):
+        raise Unsupported("PRelu with a variable slope")
+    slope = torch.as_tensor(slope).to(builder.dtype)
+    if slope.numel() == 1:
+        return _leaky_relu(builder, x, float(slope.reshape(())))
+    return _leaky_relu(builder, x, slope)  # broadcast against x as numpy does (the ONNX rule)
+
+
+@register(OnnxMinMax, "Max", "Min")
+def min_max_factory(builder, module, args):
+    """Variadic Max and Min, folded pairwise: max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b)."""
+    largest = module._op_type == "Max"  # noqa: SLF001 - onnx2torch keeps the op type only there
+    variables = [a for a in args if builder.is_variable(a)]
+    constants = [torch.as_tensor(a).to(builder.dtype) for a in args if not builder.is_variable(a)]
+    result = variables[0]
+    if constants:  # the constants' own max (or min) first: exact, and one pair fewer
+        folded = constants[0]
+        for constant in constants[1:]:
+            folded = torch.maximum(folded, constant) if largest else torch.minimum(folded, constant)
+        variables = [*variables, folded]
+    for other in variables[1:]:
+        excess = binary(builder, "sub", other, result) if largest else binary(builder, "sub", result, other)
+        result = binary(builder, "add" if largest else "sub", result, builder.add(ReLU(), [excess]))
+    return result  # the sums broadcast their operands, so the shape is the operands' broadcast one
+
+
+def absolute(builder, x):
+    # |x| = 2 relu(x) - x: one ReLU, whose chord is that of |x|
+    rectified = builder.add(ReLU(), [x])
+    return builder.add(WeightedSum((2.0, -1.0), [x.shape, x.shape]), [rectified, x])
+
+
+@register(OnnxHardSigmoid, "HardSigmoid")
+def hard_sigmoid_factory(builder, module, args):
+    scaled = affine(builder, args[0], scale=torch.tensor(float(module.alpha)), shift=torch.tensor(float(module.beta)))
+    return _clip(builder, scaled, 0.0, 1.0)
+
+
+@register(nn.ELU, "Elu")
+def elu_factory(builder, module, args):
+    # elu(x) = relu(x) + alpha (exp(min(x, 0)) - 1), and min(x, 0) = x - relu(x)
+    x = args[0]
+    alpha = float(module.alpha)
+    rectified = builder.add(ReLU(), [x])
+    negative = builder.add(WeightedSum((1.0, -1.0), [x.shape, x.shape]), [x, rectified])
+    exponential = smooth.function(builder, "exp", negative)
+    total = builder.add(WeightedSum((1.0, alpha), [x.shape, x.shape]), [rectified, exponential])
+    return affine(builder, total, shift=torch.tensor(-alpha))
 
 
 def _clip(builder, x, low: float | None, high: float | None):
@@ -318,9 +376,11 @@ def clamp_function_factory(builder, function, args):
     return _clip(builder, args[0], low, high)
 
 
-@register(OnnxFunction, "Tanh", "Sign", "Sin", "Cos", "Exp", "Log")
+@register(OnnxFunction, "Tanh", "Sign", "Sin", "Cos", "Exp", "Log", "Abs")
 def function_factory(builder, module, args):
     name = module.function.__name__
+    if name == "abs":
+        return absolute(builder, args[0])
     if name == "tanh":
         return builder.add(Tanh(), [args[0]])
     if name == "sign":

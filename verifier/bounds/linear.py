@@ -225,6 +225,9 @@ class Reduce(Rule):
         self.axes, self.keepdim, self.factor, self.in_shape = axes, keepdim, factor, in_shape
         self.monotone = factor >= 0
 
+    def on_integers(self) -> str:
+        return "wraps" if float(self.factor).is_integer() else "no"  # a sum, but not a mean
+
     def forward(self, x: Tensor) -> Tensor:
         return x.sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * self.factor
 

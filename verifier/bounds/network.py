@@ -33,6 +33,7 @@ class Network(nn.Module):
         self.rules = nn.ModuleList(rules)
         self.output = output
         self.source = source
+        self.unbounded = ""  # the operators that Opaque nodes stand for (graph.build_network), if any
         self.register_buffer("_anchor", torch.zeros(()))
         consumers: list[list[int]] = [[] for _ in nodes]
         for index, node in enumerate(nodes):

@@ -7,6 +7,7 @@ one `Select` rule, found by running the module on a tensor of element positions.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from onnx2torch.node_converters import (
     identity,
     pad,
     resize,
+    scatter_nd,
     split,
     squeeze,
     tile,
@@ -246,17 +248,20 @@ def _selection(builder, module, args) -> tuple[list[tuple[Tensor, Tensor, tuple[
     several = isinstance(plus, (tuple, list))
     plus = list(plus) if isinstance(plus, (tuple, list)) else [plus]
     minus = list(minus) if isinstance(minus, (tuple, list)) else [minus]
-    results = []
-    for p, q in zip(plus, minus):
-        p, q = p.double(), q.double()
-        selected = (p == -q) & (p >= 1) & (p == p.round())
-        filled = p == q
-        if not bool((selected | filled).all()):
-            raise Unsupported(f"{type(module).__name__} is not a pure selection of its input")
-        index = torch.where(selected, p - 1, -1).long().reshape(-1)
-        fill = torch.where(filled, p, 0).reshape(-1).to(builder.dtype)
-        results.append((index, fill, tuple(p.shape)))
-    return results, several
+    return [_index_and_fill(builder, module, p, q) for p, q in zip(plus, minus)], several
+
+
+def _index_and_fill(builder, module, plus: Tensor, minus: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    """(index, fill, out_shape) of a module's output from its values at the positions 1..n of its
+    input (`plus`) and at their negatives (`minus`): selected cells change sign, filled ones do not."""
+    p, q = plus.double(), minus.double()
+    selected = (p == -q) & (p >= 1) & (p == p.round())
+    filled = p == q
+    if not bool((selected | filled).all()):
+        raise Unsupported(f"{type(module).__name__} is not a pure selection of its input")
+    index = torch.where(selected, p - 1, -1).long().reshape(-1)
+    fill = torch.where(filled, p, 0).reshape(-1).to(builder.dtype)
+    return index, fill, tuple(p.shape)
 
 
 class OnnxSplit18(split.OnnxSplit13):
@@ -308,6 +313,41 @@ def select_factory(builder, module, args):
     selections, several = _selection(builder, module, args)
     outputs = [builder.add(Select(index, fill, args[0].shape, shape), [args[0]]) for index, fill, shape in selections]
     return tuple(outputs) if several else outputs[0]
+
+
+@register(scatter_nd.OnnxScatterND, "ScatterND")
+def scatter_nd_factory(builder, module, args):
+    """ScatterND with constant indices: a selection from the data and the updates, flattened and
+    concatenated (either may be constant, whose cells are then fills)."""
+    data, indices, updates = args
+    if builder.is_variable(indices):
+        raise Unsupported("ScatterND with variable indices")
+    indices = torch.as_tensor(builder.constant_value(indices)).long()
+    rows = indices.reshape(-1, indices.shape[-1])
+    if torch.unique(rows, dim=0).shape[0] != rows.shape[0]:
+        raise Unsupported("ScatterND with repeated indices (onnxruntime's order of writes is unspecified)")
+    variables = [v for v in (data, updates) if builder.is_variable(v)]
+    first = 1
+
+    def positions(value) -> Tensor | None:
+        nonlocal first
+        if not builder.is_variable(value):
+            return None
+        count = math.prod(value.shape)
+        start, first = first, first + count
+        return torch.arange(start, start + count, dtype=torch.float64).reshape(value.shape)
+
+    signed = [positions(data), positions(updates)]
+
+    def scattered(sign: float) -> Tensor:
+        operands = [sign * p if p is not None else torch.as_tensor(builder.constant_value(v)).double()
+                    for p, v in zip(signed, (data, updates))]
+        return module(operands[0], indices, operands[1])
+
+    index, fill, out_shape = _index_and_fill(builder, module, scattered(1.0), scattered(-1.0))
+    flat = [builder.add(Reshape(v.shape, (math.prod(v.shape),)), [v]) for v in variables]
+    source = flat[0] if len(flat) == 1 else builder.add(Concat(0, [f.shape for f in flat]), flat)
+    return builder.add(Select(index, fill, source.shape, out_shape), [source])
 
 
 @register(concat.OnnxConcat, "Concat")

@@ -5,7 +5,9 @@ WeightedSum, Exp, Reduce and Reciprocal without a rule of its own. Unlike exp(x_
 exp(x_j) it never overflows for large logits (the term j = i is exp(0) = 1, the sum is at least
 1), as onnxruntime's own max-shifted evaluation does not, and its bounds are tighter: the
 differences cancel the logits' common part before the exponential. The pairs cost n times the
-logits, so long softmax axes (attention over many tokens) keep exp(x_i) / sum_j exp(x_j).
+logits, so long softmax axes (attention over many tokens) keep exp(x_i) / sum_j exp(x_j),
+followed by SoftmaxOutput too, whose interval from the logits stays finite where the
+exponentials overflow.
 
 In the pairwise form, the decomposition's nodes compute the exact softmax (no execution
 allowance of their own: onnxruntime never computes them), and a last node, SoftmaxOutput, stands
@@ -159,10 +161,11 @@ def _softmax(builder, x, axis: int):
 
 
 def _softmax_by_sum(builder, x, axis: int):
-    """exp(x_i) / sum_j exp(x_j): one exponential per logit, but it overflows above about 88."""
+    """exp(x_i) / sum_j exp(x_j): one exponential per logit, but it overflows above about 88; the
+    SoftmaxOutput node after it still keeps each output's interval within [0, 1], from the logits."""
     exponentials = builder.add(Exp(), [x])
     total = builder.add(Reduce((axis,), True, 1.0, exponentials.shape), [exponentials])
-    return multiply(builder, exponentials, reciprocal(builder, total))
+    return builder.add(SoftmaxOutput(axis), [multiply(builder, exponentials, reciprocal(builder, total)), x])
 
 
 @register(nn.Softmax, "Softmax")
