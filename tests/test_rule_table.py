@@ -242,7 +242,9 @@ TABLE: dict[str, list[Row]] = {
             Row(with_constants("Pow", np.array(-1.5)), (1, 6), (0.3, 3.0)),
             Row(with_constants("Pow", np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])), (1, 6)),  # per element
             Row(lambda g, x: g.op("Pow", [g.const(np.array(1.8)), x]), (1, 6))],  # a variable exponent
-    "Softmax": [Row(unary("Softmax", axis=-1), (1, 2, 4)), Row(unary("Softmax", axis=1), (1, 2, 4), opset=11)],
+    "Softmax": [Row(unary("Softmax", axis=-1), (1, 2, 4)), Row(unary("Softmax", axis=1), (1, 2, 4), opset=11),
+                # a long axis (exp / sum, past PAIRWISE_LIMIT), at logits where exp overflows
+                Row(lambda g, x: g.op("Softmax", [g.op("Mul", [x, g.const(np.array(60.0))])], axis=-1), (1, 4, 40))],
     # arithmetic
     "Add": [Row(_add, (1, 4))],
     "Sub": [Row(_sub, (1, 4))],
