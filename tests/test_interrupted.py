@@ -10,7 +10,7 @@ import torch
 
 from tests import soundness
 from tests.test_soundness_random import network_for
-from verifier.bounds.engine import OutOfTime, backward_bound, crown_bounds
+from verifier.bounds.engine import OutOfTime, backward_bound, check_time, crown_bounds
 from verifier.bounds.optimize import optimize_bounds
 from verifier.prove import prove
 from verifier.settings import AlphaSettings
@@ -71,3 +71,12 @@ def test_prove_reports_an_interrupted_pass_as_nothing_proved():
     assert prove(network, spec, "crown").all_proved
     cut = prove(network, spec, "crown", time_left=lambda: 0.0)
     assert cut.interrupted and not cut.proved.any()
+
+
+def test_a_sweep_is_not_started_when_its_measured_cost_exceeds_the_time_left():
+    check_time(lambda: 2.0, next_step=1.0)  # time for one more: goes on
+    check_time(None, next_step=1e9)  # no deadline
+    with pytest.raises(OutOfTime):
+        check_time(lambda: 0.5, next_step=1.0)
+    with pytest.raises(OutOfTime):
+        check_time(lambda: 0.0)

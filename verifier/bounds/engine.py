@@ -10,6 +10,7 @@ each node that feeds a relaxed operator, restricted to the neurons that operator
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,9 +33,11 @@ class OutOfTime(Exception):
     """A bound pass reached its deadline before it finished: it gives no bounds."""
 
 
-def check_time(time_left: Callable[[], float] | None) -> None:
-    """Raise OutOfTime once `time_left()` (seconds) is spent; the passes call it between sweeps."""
-    if time_left is not None and time_left() <= 0:
+def check_time(time_left: Callable[[], float] | None, next_step: float = 0.0) -> None:
+    """Raise OutOfTime once `time_left()` (seconds) is spent, or is shorter than `next_step`, the
+    measured cost of the sweep about to start (the last one like it): the passes call it between
+    sweeps, which cannot be interrupted."""
+    if time_left is not None and time_left() <= next_step:
         raise OutOfTime
 
 
@@ -386,8 +389,10 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
     # keep IBP's bound where it is tighter, unless a consumer's relaxation could loosen on it: on
     # the sigmoid network eran 6x200, CROWN alone was wider than IBP from the fifth layer on
     intersect = _tighter_input_helps(network, index)
+    last_chunk = 0.0
     for begin in range(0, positions.numel(), chunk):
-        check_time(time_left)
+        check_time(time_left, last_chunk)
+        started = time.perf_counter()
         part = positions[begin:begin + chunk]
         rows = part.numel()
         if windowed:  # rows of a feature map touch only their receptive fields: start with windows
@@ -409,4 +414,5 @@ def _refine(network: Network, index: int, current: Interval, bounds: list[Interv
         else:
             lower[:, part] = safe[:, :rows]
             upper[:, part] = -safe[:, rows:]
+        last_chunk = time.perf_counter() - started
     return Interval(lower.reshape(current.lower.shape), upper.reshape(current.upper.shape))
