@@ -114,3 +114,12 @@ def test_a_point_where_the_operator_changes_shape_or_fails_gives_nan():
     assert torch.isnan(failing(torch.zeros(3, 2))).all()
     bounds = rule.ibp(Interval(torch.zeros(3, 2), torch.ones(3, 2)))
     assert bounds.lower.shape == (3, 1) and torch.isneginf(bounds.lower).all() and torch.isposinf(bounds.upper).all()
+
+
+def test_verify_bounds_lists_the_unsupported_operators(capsys, tmp_path):
+    model = _erf_model(tmp_path / "erf.onnx")
+    prop = _property(tmp_path / "p.vnnlib", "(>= Y_1 0.5)")
+    assert cli.main(["bounds", model, prop, "--method", "crown"]) == 0
+    out = capsys.readouterr().out
+    assert "unsupported operators, bounded by (-inf, inf): Erf (nodes: Erf_1)" in out
+    assert "Y_0: [-inf, inf]" in out

@@ -310,6 +310,8 @@ def _bounds(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(f"method {report['method']}, {report['seconds']:.4f} s")
+    if report["unbounded"]:
+        print(f"unsupported operators, bounded by (-inf, inf): {report['unbounded']}")
     for index, case in enumerate(report["cases"]):
         print(f"input box {index}:")
         for j, (low, high) in enumerate(zip(case["lower"], case["upper"])):

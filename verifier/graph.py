@@ -184,6 +184,8 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
         # perturbation would silently hold it fixed
         raise ModelError(model.path, "a perturbed parameter is used by a layer that cannot vary it "
                          "(only the weights and biases of linear layers can)")
+    if not isinstance(output, Value) and unsupported:
+        raise ModelError(model.path, f"unsupported operators: {describe_unsupported(unsupported)}")
     if not isinstance(output, Value):
         raise ModelError(model.path, "the model's output does not depend on its input, or is not one tensor")
     network = Network(builder.nodes, builder.rules, output.index, model.path).to(model.dtype)
@@ -240,8 +242,8 @@ def _per_sample_call(target, operands: tuple, env: dict, truth: dict) -> tuple |
             variables.append(value)
             dtypes.append(torch.as_tensor(truth[argument]).dtype)
             return _Slot(len(variables) - 1)
-        if isinstance(value, _Opaque):
-            raise _NoCall
+        if any(isinstance(part, (Value, _Opaque)) for part in _flatten([value])):
+            raise _NoCall  # several outputs of one node, or a placeholder: no per-sample call
         return value
 
     try:

@@ -28,7 +28,8 @@ from verifier.settings import OUTPUT_METHODS, AlphaSettings
 
 def output_bounds(model_path: str, property_path: str, method: str, device: str = "cpu", eps: float | None = None,
                   norm: float = math.inf) -> dict:
-    """`{"method", "seconds", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`, all flat.
+    """`{"method", "seconds", "unbounded", "cases": [{"input_lower", "input_upper", "lower", "upper"}]}`,
+    all flat; `unbounded` names the operators without a rule, whose values are bounded by (-inf, inf).
 
     With `eps`, each box is replaced by the Lp ball (`norm` inf, 2 or 1) of that radius around
     its centre; `input_lower` and `input_upper` are then the ball's bounding box."""
@@ -49,7 +50,7 @@ def output_bounds(model_path: str, property_path: str, method: str, device: str 
             "lower": lower[b].double().tolist(),
             "upper": upper[b].double().tolist(),
         })
-    return {"method": method, "seconds": seconds, "cases": cases}
+    return {"method": method, "seconds": seconds, "unbounded": network.unbounded, "cases": cases}
 
 
 @dataclass
