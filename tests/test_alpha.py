@@ -10,9 +10,9 @@ import torch
 from tests import soundness
 from tests.conftest import (
     MISSING_SHARED,
+    bounded_opcoverage_pairs,
     float64_first_box,
     model_pairs,
-    opcoverage_or_skip,
     shared_or_skip,
     skipped_if_empty,
 )
@@ -150,7 +150,7 @@ def _distinct(pairs):
 
 
 @pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(
-    _distinct(model_pairs(shared_or_skip)) + [p for p in model_pairs(opcoverage_or_skip) if "cGAN" not in p[0].name],
+    _distinct(model_pairs(shared_or_skip)) + [p for p in bounded_opcoverage_pairs() if "cGAN" not in p[0].name],
     MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_models_at_random_and_optimized_parameters(model_path, prop_path):

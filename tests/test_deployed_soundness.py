@@ -18,9 +18,9 @@ import torch
 from tests import soundness
 from tests.conftest import (
     MISSING_SHARED,
+    bounded_opcoverage_pairs,
     cached_model,
     model_pairs,
-    opcoverage_or_skip,
     shared_or_skip,
     skipped_if_empty,
 )
@@ -96,7 +96,7 @@ def test_competition_model_bounds_contain_onnxruntime_outputs(model_path, prop_p
 
 
 @pytest.mark.parametrize("method, dtype", FIRST_PASS, ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(model_pairs(opcoverage_or_skip), MISSING_SHARED),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(bounded_opcoverage_pairs(), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_opcoverage_model_bounds_contain_onnxruntime_outputs(model_path, prop_path, method, dtype):
     # a twentieth of the box, as in test_soundness_models: the same rules, a minute less of CROWN

@@ -12,9 +12,9 @@ import torch
 from tests import soundness
 from tests.conftest import (
     MISSING_SHARED,
+    bounded_opcoverage_pairs,
     float64_first_box,
     model_pairs,
-    opcoverage_or_skip,
     shared_or_skip,
     skipped_if_empty,
 )
@@ -43,7 +43,7 @@ def test_competition_model_bounds_contain_sampled_values(model_path, prop_path, 
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(model_pairs(opcoverage_or_skip), MISSING_SHARED),
+@pytest.mark.parametrize("model_path,prop_path", skipped_if_empty(bounded_opcoverage_pairs(), MISSING_SHARED),
                          ids=lambda value: getattr(value, "name", str(value)))
 def test_opcoverage_model_bounds_contain_sampled_values(model_path, prop_path, method):
     # A twentieth of the property's box: CROWN on the cGAN generators (27k unstable ReLUs behind
