@@ -9,7 +9,7 @@ something else than the operator it stands for is caught when the model is loade
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, fx
@@ -169,7 +169,9 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
                     truth[node] = target(*truth_args, **truth_kwargs)
                 except Exception as error:  # noqa: BLE001
                     raise ModelError(model.path, f"{builder.label} fails on a sample input: {error}") from None
-                call = _per_sample_call(target, (node_args, node_kwargs), env, truth) if opaque else None
+                # built only for a node that turns out unsupported, while this node's operands are current
+                call = (lambda target=target, operands=(node_args, node_kwargs):
+                        _per_sample_call(target, operands, env, truth)) if opaque else None
                 if options:  # keyword-only operands away from their defaults: no factory reads them
                     op_type = f"{op_type} with {', '.join(f'{k}={v!r}' for k, v in options.items())}"
                     target = None
@@ -194,9 +196,9 @@ def build_network(model: LoadedModel, probe: Tensor | None = None, gradients: bo
 
 
 def _build_node(builder: Builder, target, args: list, truth: object, op_type: str,
-                unsupported: dict[str, list[str]], call: tuple | None = None) -> object:
+                unsupported: dict[str, list[str]], call: Callable[[], tuple | None] | None = None) -> object:
     """The node's value: folded, built by its factory, or (unsupported) an Opaque node where
-    `call` (from `_per_sample_call`) is given, else a placeholder that only lets later nodes be
+    `call` gives one (see `_per_sample_call`), else a placeholder that only lets later nodes be
     examined."""
     flat = _flatten(args)
     depends_on_input = any(isinstance(a, (Value, _Opaque)) for a in flat)
@@ -221,10 +223,11 @@ def _build_node(builder: Builder, target, args: list, truth: object, op_type: st
     return result
 
 
-def _opaque(builder: Builder, call: tuple | None, truth: object) -> object:
-    if call is None or not isinstance(truth, Tensor):
+def _opaque(builder: Builder, call: Callable[[], tuple | None] | None, truth: object) -> object:
+    made = call() if call is not None and isinstance(truth, Tensor) else None
+    if made is None:
         return _Opaque()
-    function, variables, dtypes = call
+    function, variables, dtypes = made
     return builder.add(Opaque(function, dtypes, tuple(truth.shape)), variables)
 
 

@@ -175,9 +175,10 @@ def load_model(path: str, opaque: bool = False) -> LoadedModel:
     _constants_as_initializers(model)
     _separate_multi_output_results(model)
     _explicit_same_pads(model)
-    unbounded = _unbounded_operators(model, input_name)
-    if unbounded and not opaque:
-        raise ModelError(path, f"unsupported operators: {describe_unsupported(unbounded)}")
+    if not opaque:
+        unbounded = _unbounded_operators(model, input_name)
+        if unbounded:
+            raise ModelError(path, f"unsupported operators: {describe_unsupported(unbounded)}")
     onnx2torch = import_onnx2torch()
     _register_extra_converters()
     module = None

@@ -42,7 +42,8 @@ class Outcome:
 def verify_instance(model_path: str, prop: str | Property, settings: Settings, deadline: Deadline,
                     device: str = "cpu", seed: int = 0,
                     load: Callable[[str], LoadedModel] = load_for_verifying) -> Outcome:
-    """Decide one instance; user errors (bad files, unsupported operators) raise UserError.
+    """Decide one instance; user errors (bad files, operators that cannot be converted) raise
+    UserError, and operators without a bound rule become Opaque nodes (a warning names them).
 
     The property is a VNN-LIB file, or a compiled one (a VNN-LIB 2.0 query's, over its composed model).
 

@@ -328,14 +328,17 @@ class OnnxOneHot(torch.nn.Module):
         self.axis = axis
 
     def forward(self, indices: Tensor, depth: Tensor, values: Tensor) -> Tensor:
-        size = int(depth.reshape(-1)[0])
-        index = torch.trunc(indices.double()) if indices.is_floating_point() else indices.long()
-        index = torch.where(index < 0, index + size, index)
-        positions = torch.arange(size, device=indices.device)
-        hot = (index.unsqueeze(-1) == positions).to(values.dtype)
-        out = values[0] + (values[1] - values[0]) * hot
+        out = one_hot_last(indices, int(depth.reshape(-1)[0]), values)
         axis = self.axis if self.axis >= 0 else out.dim() + self.axis
         return out if axis == out.dim() - 1 else torch.movedim(out, -1, axis)
+
+
+def one_hot_last(indices: Tensor, size: int, values: Tensor) -> Tensor:
+    """OneHot along a new last axis of `size` (indices truncated to whole numbers)."""
+    index = torch.trunc(indices.double()) if indices.is_floating_point() else indices.long()
+    index = torch.where(index < 0, index + size, index)
+    hot = (index.unsqueeze(-1) == torch.arange(size, device=indices.device)).to(values.dtype)
+    return values[0] + (values[1] - values[0]) * hot
 
 
 class OneHot(Rule):
@@ -361,7 +364,7 @@ class OneHot(Rule):
         return last if axis == last.dim() - 1 else torch.movedim(last, -1, axis)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._placed(OnnxOneHot(-1)(x, torch.tensor([self.depth]), self.values), x)
+        return self._placed(one_hot_last(x, self.depth, self.values), x)
 
     def ibp(self, x: Interval) -> Interval:
         low, high = torch.trunc(x.lower).unsqueeze(-1), torch.trunc(x.upper).unsqueeze(-1)
