@@ -229,7 +229,7 @@ class BoundedModule:
         coeffs = output_rows(network, region.lower.shape[0], spec, sides)
         with _frozen(self._module), torch.no_grad():
             searched = optimize_bounds(self._network(loaded, variables, False) if gradients else network,
-                                       _detached(region), coeffs, settings)
+                                       _detached(region), coeffs, settings, intermediate="backward")
         if not gradients:
             return combined_bounds(network, region, searched.intermediate, searched.bound, spec, sides)
         found = AlphaStore.holding({key: [p.detach() for p in group] for key, group in searched.alphas.params.items()})

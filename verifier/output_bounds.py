@@ -92,7 +92,8 @@ def bound_outputs(network: Network, box: Interval, method: str, alpha: AlphaSett
         passed = forward_bounds(network, box)
         bounds, bound = passed.intervals, rows_bound(coeffs, passed.forms[network.output], box)
     elif method == "alpha-crown":  # each output's lower and upper bound is its own row
-        result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings())
+        # the intermediate bounds of the `crown` method, so that the two compare
+        result = optimize_bounds(network, box, coeffs, alpha or AlphaSettings(), intermediate="backward")
         bounds, bound = result.intermediate, result.bound
     elif method in ("crown", "crown-ibp"):
         errors: Errors = {}

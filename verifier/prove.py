@@ -20,10 +20,10 @@ from verifier.bounds.engine import (
     LinearBound,
     OutOfTime,
     backward_bound,
-    crown_bounds,
     interval_bounds,
     interval_concretize,
 )
+from verifier.bounds.intermediate import intermediate_bounds, resolve
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.settings import AlphaSettings
@@ -48,9 +48,11 @@ class Proof:
 
 
 def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
-               time_left: Callable[[], float] | None = None) -> tuple[LinearBound, list[Interval | None] | None]:
+               time_left: Callable[[], float] | None = None, intermediate: str = "auto"
+               ) -> tuple[LinearBound, list[Interval | None] | None]:
     """Lower bounds [B, m] of the rows `C y` over each case's box, and (CROWN methods) the
-    intervals of every node that the bound used.
+    intervals of every node that the bound used, found by the `intermediate` method (see
+    verifier.bounds.intermediate).
 
     alpha-CROWN stops early once every case is proved, and at `time_left() <= 0` with its best
     bound so far; CROWN, or alpha-CROWN before its first bound, raises OutOfTime there.
@@ -62,14 +64,15 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
     pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
         errors: Errors = {}
-        bounds = crown_bounds(network, spec.box, errors=errors, time_left=time_left)
+        bounds = intermediate_bounds(network, spec.box, resolve(intermediate, spec.box), errors=errors,
+                                     time_left=time_left)
         return tightest([backward_bound(network, network.output, coeffs, bounds, errors=errors),
                          interval_concretize(coeffs, bounds[network.output]), pure_ibp]), bounds
     if method == "alpha-crown":
         def done(bound: LinearBound) -> bool:
             return bool(spec.proved_cases(spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)).all())
 
-        result = optimize_bounds(network, spec.box, coeffs, alpha or AlphaSettings(), time_left, done)
+        result = optimize_bounds(network, spec.box, coeffs, alpha or AlphaSettings(), time_left, done, intermediate)
         return tightest([result.bound, interval_concretize(coeffs, result.intermediate[network.output]),
                          pure_ibp]), result.intermediate
     raise ValueError(f"unknown bound method '{method}'")
@@ -86,13 +89,15 @@ def tightest(bounds: list[LinearBound]) -> LinearBound:
 
 
 def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
-          time_left: Callable[[], float] | None = None, keep_intervals: bool = True) -> Proof:
-    """Bound the property with `method`; re-check close rows in float64. The node intervals are
-    kept in the result only with `keep_intervals` (on large models they take gigabytes)."""
+          time_left: Callable[[], float] | None = None, keep_intervals: bool = True,
+          intermediate: str = "auto") -> Proof:
+    """Bound the property with `method` (its intermediate bounds by `intermediate`); re-check
+    close rows in float64. The node intervals are kept in the result only with `keep_intervals`
+    (on large models they take gigabytes)."""
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            bound, intervals = spec_bound(network, spec, method, alpha, time_left)
+            bound, intervals = spec_bound(network, spec, method, alpha, time_left, intermediate)
     except OutOfTime:  # nothing proved; the caller goes on with what time is left (the attack)
         lower = np.full((spec.cases, spec.matrix.shape[1]), -np.inf)
         return Proof(method, np.zeros(spec.cases, dtype=bool), lower, time.perf_counter() - start, False,
@@ -113,7 +118,7 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
             wide_spec = spec.to(torch.float64)
             try:
                 with torch.no_grad():
-                    wide_bound, _ = spec_bound(wide, wide_spec, method, alpha, time_left)
+                    wide_bound, _ = spec_bound(wide, wide_spec, method, alpha, time_left, intermediate)
                 refuted |= wide_spec.refuted_rows(wide_bound.lower, wide_bound.magnitude, torch.float64)
                 proved = spec.proved_cases(refuted)
             except OutOfTime:

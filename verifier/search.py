@@ -30,6 +30,7 @@ onnxruntime, and a confirmed one ends the search.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import Errors, LinearBound, backward_bound, crown_bounds, interval_concretize
+from verifier.bounds.intermediate import SWEEPS_WORTH, intermediate_bounds, resolve
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
@@ -48,6 +50,8 @@ from verifier.leaf_lp import solve_leaves
 from verifier.settings import BranchSettings
 from verifier.spec import Spec
 from verifier.witness import Counterexample
+
+log = logging.getLogger(__name__)
 
 Probe = Callable[[Tensor], Counterexample | None]  # candidate points [N, *input_shape] -> a confirmed one
 
@@ -118,19 +122,20 @@ def split_nodes(network: Network) -> dict[int, int]:
 
 def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
                      settings: BranchSettings, time_left: Callable[[], float], on: str = "relu",
-                     probe: Probe | None = None, root_seconds: float = 0.0) -> SearchResult:
+                     probe: Probe | None = None, root_seconds: float = 0.0, intermediate: str = "auto") -> SearchResult:
     """Prove case `case` of the spec by splitting neurons (`on="relu"`) or the input box (`"input"`),
     starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
     `time_left()` (seconds) would run out, or when `probe` confirms a counterexample. The first
     bound (the root's, which cannot be interrupted) is started only when 1.5 x `root_seconds`, an
-    estimate of its cost, is left."""
+    estimate of its cost, is left. Input splitting bounds its sub-boxes with the `intermediate`
+    method (see verifier.bounds.intermediate)."""
     start = time.perf_counter()
     if time_left() < 1.5 * root_seconds:
         return SearchResult(False, 0, 1, 0.0, "time")
     if on == "relu":
         search: _Search | _BoxSearch = _Search(network, spec, case, root, settings, probe)
     else:
-        search = _BoxSearch(network, spec, case, settings, probe)
+        search = _BoxSearch(network, spec, case, settings, probe, intermediate)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
     open_domains = search.bound_children(None)
@@ -543,8 +548,10 @@ class _BoxSearch(_Case):
     halved along the input whose coefficient in the open rows times its width is largest."""
 
     def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings,
-                 probe: Probe | None = None) -> None:
+                 probe: Probe | None = None, intermediate: str = "auto") -> None:
         super().__init__(network, spec, case, settings, probe)
+        self.intermediate = resolve(intermediate, self.box)
+        self.measure_sweeps = intermediate == "auto" and self.intermediate == "both"
         self.splittable = True
         self.max_domains = self._domain_cap(2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1])
 
@@ -565,6 +572,15 @@ class _BoxSearch(_Case):
     def retry(self, domains: _Domains, time_left: Callable[[], float]) -> _Domains:
         return domains  # a box of zero width bounds no better a second time
 
+    def _choose_intermediate(self, seconds: dict[str, float]) -> None:
+        """After the first box under `auto`: keep `both`, or drop its backward sweeps where they
+        cost more than SWEEPS_WORTH forward passes."""
+        self.measure_sweeps = False
+        if seconds["backward"] > SWEEPS_WORTH * seconds["forward"]:
+            self.intermediate = "forward"
+            log.info("input splitting: forward-mode intermediate bounds (backward sweeps took %.2fs, %.0fx the "
+                     "forward pass)", seconds["backward"], seconds["backward"] / max(seconds["forward"], 1e-9))
+
     def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None) -> _Domains:
         network, count = self.network, lower.shape[0]
         seen: dict[int, Tensor] = {}
@@ -573,7 +589,11 @@ class _BoxSearch(_Case):
         coeffs = self.coeffs.expand(count, *self.coeffs.shape[1:])
         with torch.no_grad():
             errors: Errors = {}
-            bounds = crown_bounds(network, Interval(lower, upper), errors=errors)
+            seconds: dict[str, float] = {}
+            bounds = intermediate_bounds(network, Interval(lower, upper), self.intermediate, errors=errors,
+                                         seconds=seconds)
+            if self.measure_sweeps:
+                self._choose_intermediate(seconds)
             best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),
                              interval_concretize(coeffs, bounds[network.output]))
             if inherited is not None:

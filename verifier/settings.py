@@ -28,6 +28,8 @@ BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 # what `verify bounds` and the library compute: also CROWN over IBP intermediate bounds, and
 # forward-mode linear bounds
 OUTPUT_METHODS = ("ibp", "crown", "crown-ibp", "forward", "alpha-crown")
+# How a CROWN pass finds its intermediate bounds (verifier.bounds.intermediate).
+INTERMEDIATE = ("auto", "backward", "forward", "both")
 # What branch and bound splits after the bound pass: unstable ReLUs, the input box, or nothing.
 SPLITS = ("auto", "relu", "input", "none")
 
@@ -91,6 +93,11 @@ class Settings:
 
     bound_method: str = setting("alpha-crown", "the bound pass after the attack (alpha-crown: CROWN, then "
                                 "its optimised form)", choices=BOUND_METHODS)
+    intermediate: str = setting("auto", "the intermediate bounds of CROWN passes: backward sweeps from every "
+                                "neuron a relaxation needs (backward), forward-mode linear bounds (forward), "
+                                "forward then backward sweeps on the neurons it leaves unstable (both), or "
+                                "by the input (auto: with at most 64 inputs both, forward in the sub-boxes of "
+                                "input splitting; backward otherwise)", choices=INTERMEDIATE)
     attack: AttackSettings = field(default_factory=AttackSettings)
     alpha: AlphaSettings = field(default_factory=AlphaSettings)
     branch: BranchSettings = field(default_factory=BranchSettings)

@@ -93,7 +93,8 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
             log.info("alpha-crown: skipped, %.1fs left for a %.1fs CROWN pass", deadline.remaining(), timings["crown"])
             break
         proof = None  # frees the last stage's intervals before this stage needs the memory
-        proof = prove(network, spec, method, settings.alpha, deadline.remaining, keep_intervals=branching)
+        proof = prove(network, spec, method, settings.alpha, deadline.remaining, keep_intervals=branching,
+                      intermediate=settings.intermediate)
         timings[method] = proof.seconds
         log.info("%s: %d/%d boxes proved in %.3fs%s", method, proof.proved.sum(), spec.cases, proof.seconds,
                  " (float64 re-check)" if proof.rechecked else " (cut short by the deadline)" if proof.interrupted
@@ -141,7 +142,7 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
             probe = lambda points, case=int(case): falsifier.try_points(case, points)  # noqa: E731
             # the root costs about a CROWN pass (input splits), or a few final sweeps (neuron splits)
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
-                                      on, probe, timings.get("crown", 0.0) / spec.cases)
+                                      on, probe, timings.get("crown", 0.0) / spec.cases, settings.intermediate)
             log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",
                      "neuron" if on == "relu" else on, case,
                      result.reason, result.domains_bounded, result.open_domains, result.seconds)

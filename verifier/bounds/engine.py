@@ -337,11 +337,11 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
     errors = {} if errors is None else errors
     for index in range(1, len(network.nodes)):
         current = node_interval(network, index, bounds, errors)
+        best = reference[index] if reference is not None else None
         if index in needed or index in first_layers:
             current = _refine(network, index, current, bounds, alphas, errors, time_left,
-                              every_neuron=index in first_layers)
-        if reference is not None and reference[index] is not None:
-            best = reference[index]
+                              every_neuron=index in first_layers, known=best)
+        if best is not None:
             current = Interval(_tighten(current.lower, best.lower, torch.gt),
                                _tighten(current.upper, best.upper, torch.lt))
         bounds.append(current)
@@ -357,22 +357,25 @@ def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Ten
 
 def _refine(network: Network, index: int, current: Interval, bounds: list[Interval | None],
             alphas: AlphaStore | None = None, errors: Errors | None = None,
-            time_left: Callable[[], float] | None = None, every_neuron: bool = False) -> Interval:
+            time_left: Callable[[], float] | None = None, every_neuron: bool = False,
+            known: Interval | None = None) -> Interval:
     """Tighten `current` (bounds of node `index`) with CROWN on the neurons its consumers care
-    about, or on all of them."""
+    about, or on all of them. Neurons that `known` (sound bounds found otherwise, such as forward
+    mode's) already makes stable are not refined."""
     batch = current.lower.shape[0]
     if every_neuron:
         positions = torch.arange(current.lower[0].numel(), device=current.lower.device)
     elif alphas is not None and index in alphas.positions:
         positions = alphas.positions[index]
     else:
-        relevant = relevant_neurons(network, index, current)
+        narrowed = current if known is None else current.intersect(known)
+        relevant = relevant_neurons(network, index, narrowed)
         if relevant is not None:
             # dead neurons, exactly 0, widened by the underflow terms of the rounding bounds: no
             # sweep can narrow them (it adds the same terms), their relaxation costs nothing, and
             # refining thousands of them took minutes on nn4sys
             noise = torch.finfo(current.lower.dtype).smallest_normal * 2.0 ** 20
-            relevant = relevant & (current.upper - current.lower > noise)
+            relevant = relevant & (narrowed.upper - narrowed.lower > noise)
         positions = (relevant.reshape(batch, -1).any(0).nonzero().flatten() if relevant is not None
                      else torch.zeros(0, dtype=torch.long, device=current.lower.device))
         if alphas is not None:

@@ -69,14 +69,18 @@ class Forms:
 @dataclass
 class ForwardBounds:
     intervals: list[Interval]  # every node's interval
-    forms: list[Forms]         # every node's linear bounds
+    forms: list[Forms | None]  # every node's linear bounds (None: dropped)
 
 
-def forward_bounds(network: Network, region: Interval, time_left: Callable[[], float] | None = None) -> ForwardBounds:
-    """Forms and intervals of every node over the input regions (boxes or balls), [B, *input_shape]."""
-    forms = [Forms.identity(region)]
+def forward_bounds(network: Network, region: Interval, time_left: Callable[[], float] | None = None,
+                   keep_forms: bool = True) -> ForwardBounds:
+    """Forms and intervals of every node over the input regions (boxes or balls), [B, *input_shape].
+    Without `keep_forms` a node's forms are dropped (None) once its last consumer has them: the
+    forms of a large network take gigabytes, its intervals a few hundred times less."""
+    forms: list[Forms | None] = [Forms.identity(region)]
     intervals = [region]
     errors: Errors = {}
+    waiting = [len(consumers) for consumers in network.consumers]
     for index, node in enumerate(network.nodes[1:], start=1):
         check_time(time_left)
         rule = network.rules[node.rule]
@@ -89,6 +93,11 @@ def forward_bounds(network: Network, region: Interval, time_left: Callable[[], f
             current = current.widened(execution_error(network, index, intervals, errors))
         forms.append(current)
         intervals.append(concretize_forms(current, region).intersect(ibp))
+        if not keep_forms:
+            for source in node.inputs:
+                waiting[source] -= 1
+                if waiting[source] == 0 and source not in (0, network.output):
+                    forms[source] = None
     return ForwardBounds(intervals, forms)
 
 

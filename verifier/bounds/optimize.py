@@ -23,6 +23,7 @@ from torch import Tensor
 
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import Errors, LinearBound, OutOfTime, backward_bound, crown_bounds
+from verifier.bounds.intermediate import intermediate_bounds, resolve
 from verifier.bounds.network import Network
 from verifier.bounds.patches import Patches
 from verifier.bounds.relaxation import AlphaStore
@@ -54,7 +55,7 @@ class OptimizedBound:
 
 def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, settings: AlphaSettings,
                     time_left: Callable[[], float] | None = None,
-                    done: Callable[[LinearBound], bool] | None = None) -> OptimizedBound:
+                    done: Callable[[LinearBound], bool] | None = None, intermediate: str = "auto") -> OptimizedBound:
     """Optimise the lower bounds of the rows `coeffs` [B, m, *output_shape] over the boxes.
 
     `done(best)` ends the search early (every row the caller needs is proved). OutOfTime is
@@ -63,7 +64,7 @@ def optimize_bounds(network: Network, box: Interval, coeffs: Tensor | Patches, s
     forward sweeps (a backward pass and the next sweep), so that the search ends before the limit
     rather than one iteration after it.
     """
-    alphas, crown = _start(network, box, settings, time_left)
+    alphas, crown = _start(network, box, settings, time_left, resolve(intermediate, box))
     fixed = None if alphas.parameters() else crown
     fixed_errors: Errors = {}  # the rounding bounds of the fixed intervals, found in the first sweep
     reference = crown  # best intervals so far; updated only while the intermediate bounds move
@@ -142,17 +143,19 @@ def _clear_gradients(parameters: list[Tensor]) -> None:
         p.grad = None
 
 
-def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: Callable[[], float] | None = None
-           ) -> tuple[AlphaStore, list[Interval | None]]:
-    """CROWN's intermediate bounds, and the store with the intermediate sweeps' parameters when
-    they are to be optimised, fit `settings.intermediate_memory_mb` and (by the time this CROWN
-    pass took) the time left (else an empty store)."""
+def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: Callable[[], float] | None = None,
+           intermediate: str = "backward") -> tuple[AlphaStore, list[Interval | None]]:
+    """CROWN's intermediate bounds (by the resolved `intermediate` method), and the store with the
+    intermediate sweeps' parameters when they are to be optimised, fit
+    `settings.intermediate_memory_mb` and (by the time this CROWN pass took) the time left (else an
+    empty store)."""
     alphas = AlphaStore()
     with torch.no_grad():
         if not settings.intermediate:
-            return alphas, crown_bounds(network, box, time_left=time_left)
+            return alphas, intermediate_bounds(network, box, intermediate, time_left=time_left)
         started = time.perf_counter()
-        crown = crown_bounds(network, box, alphas, time_left=time_left)  # the parameters at their CROWN values
+        # the parameters at their CROWN values
+        crown = intermediate_bounds(network, box, intermediate, alphas, time_left=time_left)
         seconds = time.perf_counter() - started
     size = sum(p.numel() * p.element_size() for p in alphas.parameters())
     if size * MEMORY_PER_PARAMETER_BYTE > settings.intermediate_memory_mb * 2**20:
@@ -165,9 +168,9 @@ def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: 
     return alphas, crown
 
 
-def intermediate_fits(network: Network, box: Interval, settings: AlphaSettings) -> bool:
+def intermediate_fits(network: Network, box: Interval, settings: AlphaSettings, intermediate: str = "auto") -> bool:
     """Whether `optimize_bounds` would optimise the intermediate bounds (one CROWN pass)."""
-    return bool(_start(network, box, settings)[0].parameters())
+    return bool(_start(network, box, settings, None, resolve(intermediate, box))[0].parameters())
 
 
 class Adam:

@@ -105,6 +105,12 @@ class AlphaStore:
     def parameters(self) -> list[Tensor]:
         return [p for group in self.params.values() for p in group]
 
+    def clear(self) -> None:
+        """Forget every parameter and position (their sweeps were not finished)."""
+        self.params.clear()
+        self.projections.clear()
+        self.positions.clear()
+
     @staticmethod
     def holding(params: dict[tuple, list[Tensor]]) -> AlphaStore:
         """A store whose sweeps read `params` as they are (slot key -> tensors)."""

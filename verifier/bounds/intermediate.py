@@ -1,0 +1,74 @@
+"""The intermediate bounds of a CROWN pass: backward sweeps, forward-mode forms, or both.
+
+Backward sweeps (engine.crown_bounds) cost a sweep from each neuron that a relaxation needs back
+to the input; forward mode (verifier.bounds.forward) costs one sweep that carries a coefficient
+per input. With few inputs forward mode is far cheaper, and its intervals, intersected with IBP's
+at every node, make many neurons stable, so that the backward sweeps that follow it ("both")
+refine only the rest. Measured (`benchmarks/intermediate.py`): on the cGAN models (5 inputs,
+165k-199k neurons) "both" took 8-15 s where backward sweeps alone took 62-92 s, and was as tight;
+on nn4sys normal_1000 (1 input, 58k neurons, a box 3e4 wide) forward mode took 0.7 s and gave a
+bound 100x tighter than backward sweeps, which took 11 s for the root and over 10 minutes for 64
+sub-boxes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from verifier.bounds.core import Interval
+from verifier.bounds.engine import Errors, OutOfTime, crown_bounds
+from verifier.bounds.forward import forward_bounds
+from verifier.bounds.network import Network
+from verifier.bounds.relaxation import AlphaStore
+
+# Forward forms hold one coefficient per input and neuron: up to this many inputs they cost a
+# few IBP passes (ACAS Xu 5, cGAN 5, nn4sys 1); image inputs (784, 3072) make them cost more than
+# the backward sweeps they would save (mnistfc 256x6: 0.09 s against 0.05 s, and 4x looser).
+FORWARD_INPUTS = 64
+
+
+# Input splitting bounds many sub-boxes the same way: where the backward sweeps of `both` took
+# more than this many times its forward pass on the first box, the rest get the forward pass
+# alone. Measured on the root box: ACAS Xu 1-2x (the sweeps pay: a bound 2x tighter than
+# forward's), nn4sys normal_1000 15x and the cGAN models 34x (the sweeps would take minutes per
+# batch of boxes).
+SWEEPS_WORTH = 4.0
+
+
+def resolve(mode: str, box: Interval) -> str:
+    """The method `mode` names for this input region: `auto` is `both` with at most
+    FORWARD_INPUTS inputs, and `backward` otherwise."""
+    if mode != "auto":
+        return mode
+    return "both" if box.lower[0].numel() <= FORWARD_INPUTS else "backward"
+
+
+def intermediate_bounds(network: Network, box: Interval, mode: str, alphas: AlphaStore | None = None,
+                        errors: Errors | None = None, time_left: Callable[[], float] | None = None,
+                        seconds: dict[str, float] | None = None) -> list[Interval | None]:
+    """Every node's interval over `box` [B, *input_shape] by the resolved `mode` (backward,
+    forward or both); see engine.crown_bounds for `alphas`, `errors` and OutOfTime. In `both`,
+    backward sweeps cut short by `time_left` leave the forward intervals. `seconds`, when given,
+    gets the time of the forward pass ("forward") and of the backward sweeps ("backward")."""
+    errors = {} if errors is None else errors
+    seconds = {} if seconds is None else seconds
+    started = time.perf_counter()
+    if mode == "backward":
+        bounds = crown_bounds(network, box, alphas, errors=errors, time_left=time_left)
+        seconds["backward"] = time.perf_counter() - started
+        return bounds
+    forward = forward_bounds(network, box, time_left, keep_forms=False).intervals
+    seconds["forward"] = time.perf_counter() - started
+    if mode == "both":
+        try:
+            return crown_bounds(network, box, alphas, reference=forward, errors=errors, time_left=time_left)
+        except OutOfTime:
+            errors.clear()  # they were found over the interrupted pass's intervals
+            if alphas is not None:
+                alphas.clear()
+        finally:
+            seconds["backward"] = time.perf_counter() - started - seconds["forward"]
+    elif mode != "forward":
+        raise ValueError(f"intermediate bounds '{mode}': expected backward, forward or both")
+    return crown_bounds(network, box, reference=forward, refine=False, errors=errors)
