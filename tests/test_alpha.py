@@ -215,3 +215,18 @@ def test_intermediate_parameters_are_dropped_when_their_iterations_would_not_fit
     assert unlimited.parameters()
     hurried, _ = optimize._start(network, box, AlphaSettings(), time_left=lambda: 1e-9)
     assert not hurried.parameters()
+
+
+def test_tightening_by_a_reference_never_rounds_past_it():
+    """alpha-CROWN shifts the best bound so far onto the current one, for its gradient: on values
+    of 1e16 (nn4sys) the shift rounded an upper bound of 0.5 down to 0."""
+    from verifier.bounds.engine import _tighten
+
+    for grad in (True, False):
+        value = torch.tensor([1e16, -1e16], requires_grad=grad)
+        upper = _tighten(value, torch.tensor([0.5, 0.5]), torch.lt)
+        lower = _tighten(-value, torch.tensor([-0.5, -0.5]), torch.gt)
+        assert torch.equal(upper, torch.tensor([0.5, -1e16])) and torch.equal(lower, torch.tensor([-0.5, 1e16]))
+    value = torch.tensor([2.0], requires_grad=True)
+    _tighten(value, torch.tensor([1.0]), torch.lt).sum().backward()
+    assert value.grad.tolist() == [1.0]  # the gradient still flows through the current bound

@@ -350,8 +350,15 @@ def crown_bounds(network: Network, box: Interval, alphas: AlphaStore | None = No
 
 def _tighten(value: Tensor, best: Tensor, better: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """`best` where it is better, shifted onto `value` so that the gradient still flows through
-    `value`; an infinite `value` cannot carry the shift (inf - inf is NaN) and gives `best` itself."""
+    `value`; an infinite `value` cannot carry the shift (inf - inf is NaN) and gives `best` itself.
+    `better` is torch.gt for lower bounds and torch.lt for upper ones."""
+    if not value.requires_grad:
+        return torch.where(better(best, value), best, value)
     shifted = torch.where(torch.isfinite(value), value + (best - value).detach(), best)
+    # the shift rounds (by an ulp of `value`, 1 on values of 1e16): never past `best`, which would
+    # narrow a sound bound
+    past = shifted > best if better is torch.gt else shifted < best
+    shifted = torch.where(past, best, shifted)
     return torch.where(better(best, value), shifted, value)
 
 
