@@ -13,6 +13,7 @@ from torch import Tensor
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import backward_bound, crown_bounds, interval_bounds
 from verifier.bounds.forward import forward_bounds
+from verifier.bounds.intermediate import intermediate_bounds
 from verifier.bounds.network import Network
 
 # Rounding allowed per unit of summed magnitude: about 1e4 roundings of each dtype's unit.
@@ -31,8 +32,10 @@ def node_bounds(network: Network, box: Interval, method: str, rows_per_node: int
     """Bounds for every node, and the absolute rounding slack allowed for each.
 
     For 'forward', the intervals of forward-mode linear bounds, concretised at every node.
-    For 'crown', each node's interval is replaced, on up to `rows_per_node` random neurons, by a
-    backward sweep started at that node, so that the backward rules themselves are checked. Their
+    For 'crown' (backward intermediate bounds) and 'both' (forward mode, then backward sweeps on
+    the neurons it leaves unstable), each node's interval is replaced, on up to `rows_per_node`
+    random neurons, by a backward sweep started at that node, so that the backward rules
+    themselves are checked. Their
     slack is ROUNDING times the magnitude of the terms summed into the bound (the same quantity
     that sizes the proof margin): a bound that cancels terms of 1e10 down to 1e2 carries their
     rounding error.
@@ -42,7 +45,7 @@ def node_bounds(network: Network, box: Interval, method: str, rows_per_node: int
         # IBP's centre/radius sums cancel too: allow rounding of the largest value on the way.
         largest = max(float(torch.maximum(b.lower.abs(), b.upper.abs()).nan_to_num(0, 0, 0).max()) for b in bounds)
         return bounds, [torch.tensor(ROUNDING[network.dtype] * largest) for _ in bounds]
-    bounds = crown_bounds(network, box)
+    bounds = crown_bounds(network, box) if method == "crown" else intermediate_bounds(network, box, method)
     checked, slacks = [], []
     for index, interval in enumerate(bounds):
         if index == 0:

@@ -25,7 +25,7 @@ def network_for(family: str, seed: int, dtype=torch.float64):
     return network.to(dtype)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown", "forward"])
+@pytest.mark.parametrize("method", ["ibp", "crown", "forward", "both"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("seed", range(4))
 def test_bounds_contain_sampled_values(family, seed, method):
