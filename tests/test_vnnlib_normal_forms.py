@@ -2,15 +2,13 @@
 
 tests/data/vnnlib_normal_forms.json holds a digest of each file's normal form as the parser of
 db984bf (the last commit before VNN-LIB 2.0) gave it: the sizes, and every case's box and
-disjuncts as float64 bytes. Every file must parse in under a second (the slowest, nn4sys
-cardinality_0_100_128 with 62,000 bounds inside `or`/`and`, takes about 0.6 s here).
+disjuncts as float64 bytes. Parse time is a figure of benchmarks/vnnlib_parse.py, not a test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +43,9 @@ def test_every_1_0_file_keeps_its_normal_form():
 
     root = _root()
     expected = json.loads(DIGESTS.read_text())
-    changed, slowest = [], (0.0, "")
+    changed = []
     for relative, wanted in sorted(expected.items()):
         path = root / relative
-        if path.exists():
-            start = time.perf_counter()
-            prop = parse_file(path)
-            slowest = max(slowest, (time.perf_counter() - start, relative))
-            if digest(prop) != wanted:
-                changed.append(relative)
+        if path.exists() and digest(parse_file(path)) != wanted:
+            changed.append(relative)
     assert changed == []
-    assert slowest[0] < 1.0, slowest
