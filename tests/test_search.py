@@ -303,6 +303,39 @@ def test_input_splitting_stops_at_a_bound_minimiser_that_violates(seed):
     assert float(network(point.reshape(1, 1, 2))) <= threshold
 
 
+def _clock(calls_with_time: int):
+    """A time_left that has time for its first `calls_with_time` calls, then none."""
+    calls = iter([100.0] * calls_with_time)
+    return lambda: next(calls, -1.0)
+
+
+@pytest.mark.parametrize("intermediate", ["forward", "backward", "both"])
+def test_input_splitting_stops_inside_a_pass_when_the_time_runs_out(intermediate):
+    """The time is spent after the first split is started: its children's pass stops (the search
+    ends with the root only), by every intermediate method; before, it ran to its end."""
+    network = relu_network(0, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    assert not crown.all_proved
+    # the gate and the first step's budget, then none
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                              _clock(2), "input", intermediate=intermediate)
+    assert (result.proved, result.reason, result.domains_bounded) == (False, "time", 1), result
+
+
+def test_input_splitting_starts_from_the_bound_pass_intervals(monkeypatch):
+    """The root box is the one the bound pass before the search bounded: its intervals are
+    reused, not computed again (on nn4sys normal_1000 that pass takes 11 s)."""
+    passes = []
+    monkeypatch.setattr(search, "intermediate_bounds", lambda *args, **kwargs: passes.append(args))
+    network = relu_network(0, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(batch=16, iterations=5),
+                              _clock(1), "input")
+    assert (result.domains_bounded, passes) == (1, [])
+
+
 def test_relu_splitting_probes_the_corner_where_each_open_row_is_lowest():
     """ReLU sub-domains keep the whole box, so their bound minimisers are corners of it; a
     violation at a corner is found at the root, and every probed point is a corner."""

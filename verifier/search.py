@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Interval
-from verifier.bounds.engine import Errors, LinearBound, backward_bound, crown_bounds, interval_concretize
+from verifier.bounds.engine import Errors, LinearBound, OutOfTime, backward_bound, crown_bounds, interval_concretize
 from verifier.bounds.intermediate import SWEEPS_WORTH, intermediate_bounds, resolve
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
@@ -126,19 +126,22 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
     """Prove case `case` of the spec by splitting neurons (`on="relu"`) or the input box (`"input"`),
     starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
     `time_left()` (seconds) would run out, or when `probe` confirms a counterexample. The first
-    bound (the root's, which cannot be interrupted) is started only when 1.5 x `root_seconds`, an
-    estimate of its cost, is left. Input splitting bounds its sub-boxes with the `intermediate`
-    method (see verifier.bounds.intermediate)."""
+    bound (the root's) is started only when 1.5 x `root_seconds`, an estimate of its cost, is
+    left. Input splitting bounds its sub-boxes with the `intermediate` method (see
+    verifier.bounds.intermediate), whose passes `time_left` cuts short."""
     start = time.perf_counter()
     if time_left() < 1.5 * root_seconds:
         return SearchResult(False, 0, 1, 0.0, "time")
     if on == "relu":
         search: _Search | _BoxSearch = _Search(network, spec, case, root, settings, probe)
     else:
-        search = _BoxSearch(network, spec, case, settings, probe, intermediate)
+        search = _BoxSearch(network, spec, case, root, settings, probe, intermediate, time_left)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
-    open_domains = search.bound_children(None)
+    try:
+        open_domains = search.bound_children(None)
+    except OutOfTime:
+        return SearchResult(False, 0, 1, time.perf_counter() - start, "time", search.found)
     bounded = 1
     reason = "time"
     while True:
@@ -166,7 +169,10 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
         if count == 0:
             break
         order = torch.argsort(open_domains.worst)
-        children = search.bound_children(open_domains.take(order[:count]))
+        try:
+            children = search.bound_children(open_domains.take(order[:count]))
+        except OutOfTime:
+            break
         bounded += 2 * count
         open_domains = _Domains.join([open_domains.take(order[count:]), children])
     remaining = 0 if reason == "proved" else len(open_domains)
@@ -547,9 +553,14 @@ class _BoxSearch(_Case):
     """Input splitting, for models with few inputs: a domain is a sub-box, bounded by CROWN and
     halved along the input whose coefficient in the open rows times its width is largest."""
 
-    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings,
-                 probe: Probe | None = None, intermediate: str = "auto") -> None:
+    def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
+                 settings: BranchSettings, probe: Probe | None = None, intermediate: str = "auto",
+                 time_left: Callable[[], float] | None = None) -> None:
         super().__init__(network, spec, case, settings, probe)
+        # the whole box is bounded already (by the bound pass before the search)
+        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
+        # a box's forward pass or sweeps (nn4sys normal_1000's root: 11-24 s) stop with the time
+        self.time_left = time_left
         self.intermediate = resolve(intermediate, self.box)
         self.measure_sweeps = intermediate == "auto" and self.intermediate == "both"
         self.splittable = True
@@ -560,12 +571,12 @@ class _BoxSearch(_Case):
         if parents is None:
             lower, upper = self.box.lower, self.box.upper
             refuted = np.zeros((1, self.coeffs.shape[1]), dtype=bool)
-            inherited = None
+            inherited, known = None, self.root
         else:
             lower, upper = _halve(parents)
             refuted = np.concatenate([parents.refuted, parents.refuted])
-            inherited = _twice(parents.bound)
-        children = self._bound(lower, upper, refuted, inherited)
+            inherited, known = _twice(parents.bound), None
+        children = self._bound(lower, upper, refuted, inherited, known)
         self.domain_seconds = (time.perf_counter() - started) / lower.shape[0]
         return children
 
@@ -573,15 +584,18 @@ class _BoxSearch(_Case):
         return domains  # a box of zero width bounds no better a second time
 
     def _choose_intermediate(self, seconds: dict[str, float]) -> None:
-        """After the first box under `auto`: keep `both`, or drop its backward sweeps where they
-        cost more than SWEEPS_WORTH forward passes."""
+        """After the first sub-boxes under `auto`: keep `both`, or drop its backward sweeps where
+        they cost more than SWEEPS_WORTH forward passes."""
         self.measure_sweeps = False
         if seconds["backward"] > SWEEPS_WORTH * seconds["forward"]:
             self.intermediate = "forward"
             log.info("input splitting: forward-mode intermediate bounds (backward sweeps took %.2fs, %.0fx the "
                      "forward pass)", seconds["backward"], seconds["backward"] / max(seconds["forward"], 1e-9))
 
-    def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None) -> _Domains:
+    def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None,
+               known: list[Interval | None] | None = None) -> _Domains:
+        """Bound the boxes [N, *input_shape] (with their intermediate intervals `known`, when they
+        are); the open ones."""
         network, count = self.network, lower.shape[0]
         seen: dict[int, Tensor] = {}
         visit = _input_recorder(seen)
@@ -590,10 +604,13 @@ class _BoxSearch(_Case):
         with torch.no_grad():
             errors: Errors = {}
             seconds: dict[str, float] = {}
-            bounds = intermediate_bounds(network, Interval(lower, upper), self.intermediate, errors=errors,
-                                         seconds=seconds)
-            if self.measure_sweeps:
-                self._choose_intermediate(seconds)
+            if known is not None:
+                bounds = known
+            else:
+                bounds = intermediate_bounds(network, Interval(lower, upper), self.intermediate, errors=errors,
+                                             time_left=self.time_left, seconds=seconds)
+                if self.measure_sweeps:
+                    self._choose_intermediate(seconds)
             best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),
                              interval_concretize(coeffs, bounds[network.output]))
             if inherited is not None:

@@ -140,7 +140,8 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
     try:
         for case in easiest_first:
             probe = lambda points, case=int(case): falsifier.try_points(case, points)  # noqa: E731
-            # the root costs about a CROWN pass (input splits), or a few final sweeps (neuron splits)
+            # the root reuses the bound pass's intervals, but an input split's children cost about
+            # a CROWN pass each: the search starts only with time for about one
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
                                       on, probe, timings.get("crown", 0.0) / spec.cases, settings.intermediate)
             log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",

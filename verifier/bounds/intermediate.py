@@ -29,8 +29,8 @@ FORWARD_INPUTS = 64
 
 
 # Input splitting bounds many sub-boxes the same way: where the backward sweeps of `both` took
-# more than this many times its forward pass on the first box, the rest get the forward pass
-# alone. Measured on the root box: ACAS Xu 1-2x (the sweeps pay: a bound 2x tighter than
+# more than this many times its forward pass on the first sub-boxes, the rest get the forward
+# pass alone. Measured on the root box: ACAS Xu 1-2x (the sweeps pay: a bound 2x tighter than
 # forward's), nn4sys normal_1000 15x and the cGAN models 34x (the sweeps would take minutes per
 # batch of boxes).
 SWEEPS_WORTH = 4.0
