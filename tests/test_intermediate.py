@@ -92,6 +92,23 @@ def test_both_cut_short_leaves_the_forward_intervals():
         intermediate_bounds(network, box, "forward", time_left=lambda: 0.0)
 
 
+def test_both_sweeps_stop_after_their_share_of_the_forward_pass():
+    """With no share (0 forward passes) the sweeps are cut at once and the forward intervals stay;
+    with a share far larger than they take, `both` is as without one."""
+    network = network_for("dense", 3)
+    box = soundness.random_box(network, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        forward = intermediate_bounds(network, box, "forward")
+        both = intermediate_bounds(network, box, "both")
+        none = intermediate_bounds(network, box, "both", sweeps_within=0.0)
+        ample = intermediate_bounds(network, box, "both", sweeps_within=1e9)
+
+    def same(these, those):
+        return all(torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper) for a, b in zip(these, those))
+    assert not same(both, forward)
+    assert same(none, forward) and same(ample, both)
+
+
 def test_a_broken_forward_pass_is_caught_through_both(monkeypatch):
     """The soundness check of `both` fails when the forward intervals it starts from are wrong."""
     network = network_for("dense", 0)

@@ -607,8 +607,10 @@ class _BoxSearch(_Case):
             if known is not None:
                 bounds = known
             else:
+                # measuring the sweeps costs at most what they are worth
                 bounds = intermediate_bounds(network, Interval(lower, upper), self.intermediate, errors=errors,
-                                             time_left=self.time_left, seconds=seconds)
+                                             time_left=self.time_left, seconds=seconds,
+                                             sweeps_within=SWEEPS_WORTH if self.measure_sweeps else None)
                 if self.measure_sweeps:
                     self._choose_intermediate(seconds)
             best = keep_best(backward_bound(network, network.output, coeffs, bounds, visit=visit, errors=errors),

@@ -46,11 +46,13 @@ def resolve(mode: str, box: Interval) -> str:
 
 def intermediate_bounds(network: Network, box: Interval, mode: str, alphas: AlphaStore | None = None,
                         errors: Errors | None = None, time_left: Callable[[], float] | None = None,
-                        seconds: dict[str, float] | None = None) -> list[Interval | None]:
+                        seconds: dict[str, float] | None = None,
+                        sweeps_within: float | None = None) -> list[Interval | None]:
     """Every node's interval over `box` [B, *input_shape] by the resolved `mode` (backward,
     forward or both); see engine.crown_bounds for `alphas`, `errors` and OutOfTime. In `both`,
-    backward sweeps cut short by `time_left` leave the forward intervals. `seconds`, when given,
-    gets the time of the forward pass ("forward") and of the backward sweeps ("backward")."""
+    backward sweeps cut short by `time_left`, or after `sweeps_within` times the forward pass's
+    seconds, leave the forward intervals. `seconds`, when given, gets the time of the forward
+    pass ("forward") and of the backward sweeps ("backward")."""
     errors = {} if errors is None else errors
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
@@ -61,8 +63,9 @@ def intermediate_bounds(network: Network, box: Interval, mode: str, alphas: Alph
     forward = forward_bounds(network, box, time_left, keep_forms=False).intervals
     seconds["forward"] = time.perf_counter() - started
     if mode == "both":
+        sweeps_left = time_left if sweeps_within is None else _sooner(time_left, sweeps_within * seconds["forward"])
         try:
-            return crown_bounds(network, box, alphas, reference=forward, errors=errors, time_left=time_left)
+            return crown_bounds(network, box, alphas, reference=forward, errors=errors, time_left=sweeps_left)
         except OutOfTime:
             errors.clear()  # they were found over the interrupted pass's intervals
             if alphas is not None:
@@ -72,3 +75,9 @@ def intermediate_bounds(network: Network, box: Interval, mode: str, alphas: Alph
     elif mode != "forward":
         raise ValueError(f"intermediate bounds '{mode}': expected backward, forward or both")
     return crown_bounds(network, box, reference=forward, refine=False, errors=errors)
+
+
+def _sooner(time_left: Callable[[], float] | None, seconds: float) -> Callable[[], float]:
+    """A time_left that ends `seconds` from now, or with `time_left` where that is sooner."""
+    stop = time.perf_counter() + seconds
+    return lambda: min(stop - time.perf_counter(), time_left() if time_left is not None else float("inf"))
