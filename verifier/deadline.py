@@ -30,27 +30,31 @@ def process_start_time() -> float:
 
 
 class Deadline:
-    """A point in wall-clock time; `None` seconds means no limit."""
+    """A time limit; `None` seconds means no limit. It counts from `start`, a wall-clock time
+    (time.time(), such as process_start_time(); default: now), but runs on the monotonic clock:
+    a step of the wall clock (NTP, or this project's sandboxes, whose clock jumped by seconds in
+    a suite run) neither ends it early nor extends it. `start` and `at` are time.monotonic() values."""
 
     def __init__(self, seconds: float | None, start: float | None = None) -> None:
-        self.start = time.time() if start is None else start
+        now = time.monotonic()
+        self.start = now if start is None else now - max(0.0, time.time() - start)
         self.at = None if seconds is None else self.start + seconds
 
     def remaining(self) -> float:
-        return float("inf") if self.at is None else self.at - time.time()
+        return float("inf") if self.at is None else self.at - time.monotonic()
 
     def expired(self) -> bool:
         return self.remaining() <= 0
 
     def elapsed(self) -> float:
-        return time.time() - self.start
+        return time.monotonic() - self.start
 
     def fraction(self, share: float) -> Deadline:
         """A deadline `share` of the remaining time from now (never later than this one)."""
         if self.at is None:
             return Deadline(None)
         sub = Deadline(None)
-        sub.at = time.time() + max(0.0, self.remaining()) * share
+        sub.at = time.monotonic() + max(0.0, self.remaining()) * share
         return sub
 
 
@@ -67,7 +71,7 @@ def start_watchdog(deadline: Deadline, results_path: str | None, line: bytes = b
         return
     os.close(write_end)
     parent = os.getppid()
-    wait = max(0.0, deadline.at + WATCHDOG_GRACE - time.time())
+    wait = max(0.0, deadline.at + WATCHDOG_GRACE - time.monotonic())  # one clock for every process
     ready, _, _ = select.select([read_end], [], [], wait)
     if not ready:  # no EOF: the verifier is still alive at the grace limit
         try:
