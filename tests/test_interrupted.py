@@ -42,7 +42,7 @@ def test_a_pass_interrupted_anywhere_gives_sound_bounds_or_none(seed):
     coeffs = _rows(network, box)
     rows = torch.einsum("nbo,bmo->nbm", outputs, coeffs.reshape(*coeffs.shape[:2], -1))
     outcomes = {"crown": set(), "alpha": set()}
-    for calls in range(30):
+    for calls in [*range(30), 60, 120, 250, 500, 1000, 10**6]:  # a pass checks at every node of every sweep
         with torch.no_grad():
             try:
                 bounds = crown_bounds(network, box, time_left=_clock(calls))
@@ -80,3 +80,17 @@ def test_a_sweep_is_not_started_when_its_measured_cost_exceeds_the_time_left():
         check_time(lambda: 0.5, next_step=1.0)
     with pytest.raises(OutOfTime):
         check_time(lambda: 0.0)
+
+
+def test_a_sweep_stops_between_the_nodes_it_passes():
+    """One sweep from a deep node can cost far more than every sweep before it (TinyYOLO: 3 s
+    after 0.1 s each), so a sweep checks the time at each node it passes."""
+    network = network_for("dense", 0)
+    box = soundness.random_box(network, torch.Generator().manual_seed(0), radius=0.5)
+    with torch.no_grad():
+        bounds = crown_bounds(network, box)
+        rows = _rows(network, box)
+        whole = backward_bound(network, network.output, rows, bounds, time_left=_clock(1000))
+        assert torch.equal(whole.lower, backward_bound(network, network.output, rows, bounds).lower)
+        with pytest.raises(OutOfTime):
+            backward_bound(network, network.output, rows, bounds, time_left=_clock(2))
