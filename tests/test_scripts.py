@@ -61,7 +61,7 @@ def test_sat_through_run_instance_is_confirmed_by_check(tmp_path):
 
 
 def test_the_time_limit_counts_from_process_start_and_is_never_overrun(tmp_path):
-    # 0.5 s is less than the imports take: the watchdog must end the run within the 2 s grace.
+    # 0.5 s is less than the imports take: the watchdog ends the run (0.5 s past; 2 s of slack here).
     results = tmp_path / "out.txt"
     start = time.time()
     done = subprocess.run([sys.executable, "-m", "verifier.cli", MODEL, SAFE, "--timeout", "0.5",
