@@ -2,11 +2,10 @@
 
     python -m verifier.benchmarks.vnnlib_parse [FILE ...] [--count N] [--repeat N]
 
-For each file (default: the largest .vnnlib file of each shared folder, the `--count`
-largest of those): the
-median seconds of `parse_file` over `--repeat` runs, and its ratio to the baseline measured in
-the same run, reading the file and splitting it into whitespace tokens (the least work any
-parser does). The target is under a second for every shared file on a 2-core CPU.
+For each file (default: the largest .vnnlib file of each shared folder, the `--count` largest
+of those): the median seconds of `parse_file` over `--repeat` runs, and its ratio to the
+baseline measured in the same run, reading the file and splitting it into whitespace tokens (the
+least work any parser does). The target is under a second for every shared file on a 2-core CPU.
 """
 
 from __future__ import annotations

@@ -182,12 +182,14 @@ def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interva
 class _Case:
     """The fixed parts of one search: the case's box, rows and offsets, and the step timing."""
 
-    def __init__(self, network: Network, spec: Spec, case: int, settings: BranchSettings,
-                 probe: Probe | None = None) -> None:
+    def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
+                 settings: BranchSettings, probe: Probe | None = None) -> None:
         self.network, self.spec, self.case, self.settings = network, spec, case, settings
         self.probe = probe
         self.found: Counterexample | None = None
         self.box = Interval(spec.box.lower[case:case + 1], spec.box.upper[case:case + 1])
+        # every node's interval over the case's box, from the bound pass before the search
+        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         rows = spec.matrix.shape[1]
         self.coeffs = spec.matrix[case:case + 1].reshape(1, rows, *network.output_shape)
         self.offset = spec.offset[case].to(network.dtype).to(network.device)
@@ -234,9 +236,8 @@ class _Search(_Case):
 
     def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
                  settings: BranchSettings, probe: Probe | None = None) -> None:
-        super().__init__(network, spec, case, settings, probe)
+        super().__init__(network, spec, case, root, settings, probe)
         rows = self.coeffs.shape[1]
-        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
         self.splits = split_nodes(network)
         self.splittable = any(bool(network.rule(y).can_split(self.root[z].lower, self.root[z].upper).any())
                               for z, y in self.splits.items())
@@ -556,9 +557,7 @@ class _BoxSearch(_Case):
     def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
                  settings: BranchSettings, probe: Probe | None = None, intermediate: str = "auto",
                  time_left: Callable[[], float] | None = None) -> None:
-        super().__init__(network, spec, case, settings, probe)
-        # the whole box is bounded already (by the bound pass before the search)
-        self.root = [None if r is None else Interval(r.lower[case:case + 1], r.upper[case:case + 1]) for r in root]
+        super().__init__(network, spec, case, root, settings, probe)
         # a box's forward pass or sweeps (nn4sys normal_1000's root: 11-24 s) stop with the time
         self.time_left = time_left
         self.intermediate = resolve(intermediate, self.box)
