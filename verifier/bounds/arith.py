@@ -17,7 +17,16 @@ from onnx2torch.utils.common import old_style_broadcast
 from torch import Tensor
 
 from verifier.bounds import bilinear
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+from verifier.bounds.core import (
+    Backward,
+    Interval,
+    Rule,
+    Unsupported,
+    broadcast_shape,
+    register,
+    row_sum,
+    sum_to_shape,
+)
 from verifier.bounds.patches import Patches
 from verifier.bounds.shape import align_rank
 from verifier.bounds.smooth import Exp, Power, reciprocal
@@ -70,7 +79,7 @@ class Affine(Rule):
     @property
     def accepts_patches(self) -> bool:
         return len(self.in_shape) in (3, 4) and self.in_shape[:-3] in ((), (1,)) and all(
-            t is None or t.dim() <= len(self.in_shape) and torch.broadcast_shapes(t.shape, self.in_shape)
+            t is None or t.dim() <= len(self.in_shape) and broadcast_shape(t.shape, self.in_shape)
             == self.in_shape for t in (self.scale, self.shift))
 
     def backward(self, coeffs: Tensor | Patches, x: Interval | None = None) -> Backward:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -279,6 +280,13 @@ def covers_exactly(module: nn.Module) -> bool:
 
 def supported_onnx_ops() -> frozenset[str]:
     return frozenset(_ONNX_OPS)
+
+
+def broadcast_shape(*shapes: tuple[int, ...] | torch.Size) -> torch.Size:
+    """The shape that `shapes` broadcast to (ValueError if they do not).
+
+    numpy's, not torch.broadcast_shapes: torch's imports sympy on first use, 0.6 s of start-up."""
+    return torch.Size(np.broadcast_shapes(*(tuple(shape) for shape in shapes)))
 
 
 def sum_to_shape(tensor: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -22,7 +22,16 @@ from onnx2torch.node_converters.where import OnnxWhere
 from torch import Tensor
 
 from verifier.bounds.arith import WeightedSum, binary
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, register, row_sum, sum_to_shape
+from verifier.bounds.core import (
+    Backward,
+    Interval,
+    Rule,
+    Unsupported,
+    broadcast_shape,
+    register,
+    row_sum,
+    sum_to_shape,
+)
 from verifier.bounds.shape import Cast, Select, align_rank
 
 
@@ -112,7 +121,11 @@ def _threshold(builder, x, constant) -> Tensor:
     tensor = torch.as_tensor(constant).to(builder.dtype)
     while tensor.dim() > len(x.shape) and tensor.shape[0] == 1:
         tensor = tensor[0]
-    if tensor.dim() > len(x.shape) or torch.broadcast_shapes(tensor.shape, x.shape) != torch.Size(x.shape):
+    try:
+        fits = tensor.dim() <= len(x.shape) and broadcast_shape(tensor.shape, x.shape) == torch.Size(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
         raise Unsupported("a comparison whose constant operand is larger than its variable one")
     return tensor
 
@@ -182,7 +195,7 @@ class Where(Rule):
 
 @register(OnnxWhere, "Where")
 def where_factory(builder, module, args):
-    shape = torch.broadcast_shapes(*(builder.shape_of(a) for a in args))
+    shape = broadcast_shape(*(builder.shape_of(a) for a in args))
     constants, variables = [], []
     for value in args:
         if builder.is_variable(value):
