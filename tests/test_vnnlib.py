@@ -81,6 +81,30 @@ def test_nn4sys_style_disjuncts_with_their_own_box_and_row():
     np.testing.assert_array_equal(prop.cases[0].disjuncts[1].offset, [-1400])
 
 
+def test_conjunction_lines_read_directly_as_the_general_reader_reads_them():
+    # a line that is one `(and ...)` of bounds is read without the s-expression reader; a comment
+    # on each line sends the same text through the general reader
+    lines = ["(and (>= X_0 -0.0) (<= X_0 0.5) (>= X_1 1e-3) (<= X_1 2) (<= Y_0 -0))",
+             "    (and (>= X_0 1) (<= X_0 1.5) (>= X_1 0) (<= X_1 .5) (>= Y_0 3) (<= Y_0 +4.25E1))"]
+    direct, general = (parse_text(decls(2, 1) + "(assert (or\n" + "".join(line + end for line in lines) + "))")
+                       for end in ("\n", " ; a comment\n"))
+    assert len(direct.cases) == len(general.cases) == 2
+    for mine, theirs in zip(direct.cases, general.cases):
+        for side in ("lower", "upper"):
+            np.testing.assert_array_equal(np.signbit(getattr(mine, side)), np.signbit(getattr(theirs, side)))
+            np.testing.assert_array_equal(getattr(mine, side), getattr(theirs, side))
+            assert [a.text for a in getattr(mine, f"{side}_from")] == [a.text for a in getattr(theirs, f"{side}_from")]
+        (left,), (right,) = mine.disjuncts, theirs.disjuncts
+        np.testing.assert_array_equal(left.matrix, right.matrix)
+        np.testing.assert_array_equal(np.signbit(left.offset), np.signbit(right.offset))
+        np.testing.assert_array_equal(left.offset, right.offset)
+        assert [a.text for a in left.row_from] == [a.text for a in right.row_from]
+    assert direct.cases[0].lower_from[0].text == "(>= X_0 -0.0)"
+    for end in ("\n", " ; a comment\n"):
+        with pytest.raises(VnnlibError, match=r"^p:5: variable X_7 is used but never declared$"):
+            parse_text(decls(2, 1) + "(assert (or\n(and (>= X_0 0) (<= X_7 1))" + end + "))", "p")
+
+
 def test_comments_tabs_blank_lines_and_declarations_after_asserts():
     text = "; header\n(declare-const Y_0 Real)\n\n\n(assert (<= Y_0 1)) ; trailing\n" \
            "(assert\t(>=\tX_0\t-0.5))\n(assert (<= X_0 5.8147645177086815e-05))\n(declare-const X_0 Real)\n"

@@ -11,6 +11,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from verifier.vnnlib.errors import VnnlibError
 from verifier.vnnlib.syntax import Atom, SExpr, SList, read_sexprs
@@ -86,7 +87,15 @@ class Script:
 # Lines that are one whole simple command, by far the most of large files: read without the
 # s-expression reader (same declarations and comparisons, same errors, 4x faster).
 _SIMPLE_DECLARATION = re.compile(r"\(declare-const ([XY])_(\d+) Real\)")
-_SIMPLE_BOUND = re.compile(r"\(assert \((<=|>=) ([XY]_\d+) ([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\)\)")
+_SIMPLE_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_SIMPLE_BOUND = re.compile(rf"\(assert \((<=|>=) ([XY]_\d+) ({_SIMPLE_NUMBER})\)\)")
+# Inside a command, a line that is one whole conjunction of such bounds (a box of a disjunctive
+# property: nn4sys has 200 lines of 309 bounds each) is read directly too.
+_SIMPLE_ATOM = re.compile(rf"(\((<=|>=) ([XY]_\d+) ({_SIMPLE_NUMBER})\))")
+_SIMPLE_AND = re.compile(rf"\(and(?: \((?:<=|>=) [XY]_\d+ {_SIMPLE_NUMBER}\))+\)")
+# the s-expression reader sees such a line as this atom (a NUL and the line's key): no file
+# holds a NUL where the direct reading is used
+_LINE_KEY = "\x00"
 
 
 def read_script_text(text: str, path: str) -> Script:
@@ -96,6 +105,8 @@ def read_script_text(text: str, path: str) -> Script:
     asserts: list[Formula] = []
     pending: list[str] = []  # the other lines, read by the s-expression reader in order
     pending_start, depth = 1, 0
+    conjunctions: dict[str, list[_Pending]] = {}  # key -> the bounds of a conjunction line
+    direct_lines = _LINE_KEY not in text
 
     def flush() -> None:
         if pending:
@@ -111,6 +122,14 @@ def read_script_text(text: str, path: str) -> Script:
         if not simple:
             if not pending:
                 pending_start = number
+            conjunction = depth > 0 and direct_lines and _SIMPLE_AND.fullmatch(stripped)
+            bounds = [_Pending(op, name, float(value), number, written)
+                      for written, op, name, value in _SIMPLE_ATOM.findall(stripped)] if conjunction else []
+            if bounds and all(math.isfinite(b.value) for b in bounds):  # balanced: depth stays
+                key = f"{_LINE_KEY}{len(conjunctions)}"
+                conjunctions[key] = bounds
+                pending.append(key)
+                continue
             pending.append(line)
             code = line.split(";", 1)[0]
             depth += code.count("(") - code.count(")")
@@ -124,12 +143,11 @@ def read_script_text(text: str, path: str) -> Script:
         else:
             asserts.append(_Pending(simple[1], simple[2], float(simple[3]), number, stripped[len("(assert "):-1]))
     flush()
-    reader = FormulaReader(variables, path)
+    reader = FormulaReader(variables, path, conjunctions)
     return Script(variables, [reader.resolve(a) for a in asserts])
 
 
-@dataclass(frozen=True)
-class _Pending:
+class _Pending(NamedTuple):  # a tuple: files have tens of thousands, made faster than a dataclass
     """A simple bound read from its line; resolved once every declaration is known."""
 
     op: str
@@ -183,9 +201,11 @@ class FormulaReader:
 
     comparisons = _COMPARISONS
 
-    def __init__(self, variables: dict[str, Variable], path: str) -> None:
+    def __init__(self, variables: dict[str, Variable], path: str,
+                 conjunctions: dict[str, list[_Pending]] | None = None) -> None:
         self.variables = variables
         self.path = path
+        self.conjunctions = conjunctions or {}  # lines read directly (read_script_text), by key
 
     def error(self, line: int, problem: str) -> VnnlibError:
         return VnnlibError(self.path, line, problem)
@@ -197,12 +217,13 @@ class FormulaReader:
             return self.formula(item)
         if item.name not in self.variables:
             raise self.error(item.line, f"variable {item.name} is used but never declared")
-        left, right = Linear({item.name: 1.0}, 0.0), Linear({}, item.value)
-        form = left.plus(right.scaled(-1.0)) if item.op == "<=" else right.plus(left.scaled(-1.0))
-        return Compare(form, item.line, None, item.written)
+        return Compare(_bound_form(item.name, item.value, item.op == "<="), item.line, None, item.written)
 
     def formula(self, expr: SExpr) -> Formula:
         if isinstance(expr, Atom):
+            bounds = self.conjunctions.get(expr.text)
+            if bounds is not None:
+                return And(tuple(self.resolve(bound) for bound in bounds))
             raise self.error(expr.line, f"expected a formula, found '{expr.text}'")
         head = expr.head()
         if head in ("and", "or"):
@@ -257,11 +278,7 @@ class FormulaReader:
         if not math.isfinite(value):
             return None
         # x <= c and c >= x: x - c <= 0; c <= x and x >= c: c - x <= 0
-        if variable_first == (op in ("<=", "<")):
-            form = Linear({name: 1.0}, 0.0 + -value)
-        else:
-            form = Linear({name: 0.0 + -1.0}, value + -0.0)
-        return Compare(form, expr.line, expr)
+        return Compare(_bound_form(name, value, variable_first == (op in ("<=", "<"))), expr.line, expr)
 
     def term(self, expr: SExpr) -> Linear:
         if isinstance(expr, Atom):
@@ -303,6 +320,14 @@ class FormulaReader:
         if head in _COMPARISONS or head in ("and", "or"):
             raise self.error(expr.line, f"'{head}' used where a number or variable was expected")
         raise self.error(expr.line, f"unknown operator '{head}' in a term")
+
+
+def _bound_form(name: str, value: float, upper: bool) -> Linear:
+    """`name <= value` (upper) or `name >= value` as `form <= 0`, with the float operations of the
+    general path (`term`, `plus`, `scaled`), so the same -0.0 and rounding."""
+    if upper:
+        return Linear({name: 1.0}, 0.0 + -value)
+    return Linear({name: 0.0 + -1.0}, value + -0.0)
 
 
 def unparse(expr: SExpr) -> str:

@@ -9,6 +9,7 @@ constant comparison) is dropped; a property left without cases cannot be violate
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,13 +150,14 @@ def compile_script(script: Script, path: str) -> Property:
         term = builder.copy(base)
         for atom in itertools.chain.from_iterable(combination):
             builder.add(term, atom)
-        if term.infeasible or np.any(term.lower > term.upper):
+        lower, upper = np.array(term.lower), np.array(term.upper)
+        if term.infeasible or np.any(lower > upper):
             continue  # no input satisfies this term (a false constant, or an empty box): nothing to refute
-        disjunct = builder.finish(term, script.variables)
-        key = (term.lower.tobytes(), term.upper.tobytes())
-        boxes.setdefault(key, term)
+        disjunct = builder.finish(term, lower, upper, script.variables)
+        key = (lower.tobytes(), upper.tobytes())
+        boxes.setdefault(key, (lower, upper, term))
         grouped.setdefault(key, []).append(disjunct)
-    cases = [Case(boxes[k].lower, boxes[k].upper, tuple(ds), tuple(boxes[k].lower_from), tuple(boxes[k].upper_from))
+    cases = [Case(boxes[k][0], boxes[k][1], tuple(ds), tuple(boxes[k][2].lower_from), tuple(boxes[k][2].upper_from))
              for k, ds in grouped.items()]
     lines = {name: v.line for name, v in script.variables.items()}
     return Property(path, len(inputs), len(outputs), cases, lines)
@@ -188,6 +190,8 @@ def _dnf(formula: Formula, path: str) -> list[list[Compare]]:
         return [[formula]]
     if isinstance(formula, Or):
         return [term for child in formula.children for term in _dnf(child, path)]
+    if all(isinstance(child, Compare) for child in formula.children):
+        return [list(formula.children)]  # one term, not rebuilt once per comparison (quadratic)
     terms: list[list[Compare]] = [[]]
     for child in formula.children:
         child_terms = _dnf(child, path)
@@ -199,8 +203,8 @@ def _dnf(formula: Formula, path: str) -> list[list[Compare]]:
 
 @dataclass
 class _Term:
-    lower: np.ndarray
-    upper: np.ndarray
+    lower: list[float]  # lists while atoms are added: a numpy element costs more to read and write
+    upper: list[float]
     lower_from: list[Compare | None]  # the comparison that set each bound
     upper_from: list[Compare | None]
     rows: list[tuple[np.ndarray, float, Compare]]
@@ -216,14 +220,16 @@ class _TermBuilder:
 
     def start(self) -> _Term:
         n = self.num_inputs
-        return _Term(np.full(n, -np.inf), np.full(n, np.inf), [None] * n, [None] * n, [])
+        return _Term([-math.inf] * n, [math.inf] * n, [None] * n, [None] * n, [])
 
     def copy(self, term: _Term) -> _Term:
-        return _Term(term.lower.copy(), term.upper.copy(), list(term.lower_from),
+        return _Term(list(term.lower), list(term.upper), list(term.lower_from),
                      list(term.upper_from), list(term.rows), term.infeasible)
 
     def add(self, term: _Term, atom: Compare) -> None:
-        coeffs = {k: v for k, v in atom.form.coeffs.items() if v != 0.0}
+        coeffs = atom.form.coeffs
+        if len(coeffs) != 1 or 0.0 in coeffs.values():  # one nonzero coefficient: most atoms, as they are
+            coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
         constant = atom.form.constant
         if not coeffs:
             if constant > 0:  # a false constant comparison empties this term
@@ -239,7 +245,7 @@ class _TermBuilder:
             (name, coeff), = coeffs.items()
             index = self.kinds[name][1]
             bound = -constant / coeff + 0.0  # no negative zero
-            if not np.isfinite(bound):
+            if not math.isfinite(bound):
                 raise VnnlibError(self.path, atom.line, f"{atom.text} gives {name} a bound that overflows float64")
             if coeff > 0:  # coeff * x + constant <= 0  ->  x <= bound
                 if bound < term.upper[index]:
@@ -252,8 +258,9 @@ class _TermBuilder:
             row[self.kinds[name][1]] += coeff
         term.rows.append((row, -constant, atom))
 
-    def finish(self, term: _Term, variables: dict[str, Variable]) -> Disjunct:
-        for bounds, side in ((term.lower, "lower"), (term.upper, "upper")):
+    def finish(self, term: _Term, lower: np.ndarray, upper: np.ndarray, variables: dict[str, Variable]) -> Disjunct:
+        """The disjunct of a term whose box is [lower, upper] (raises if an input is unbounded)."""
+        for bounds, side in ((lower, "lower"), (upper, "upper")):
             missing = np.flatnonzero(~np.isfinite(bounds))
             if missing.size:
                 name = f"X_{missing[0]}"
