@@ -14,6 +14,7 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper
+from torch import Tensor
 
 from verifier.bounds.core import FUNCTION_ROUNDINGS, execution_rounding
 
@@ -146,3 +147,37 @@ def test_neurons_at_zero_widened_only_by_underflow_are_not_refined(tmp_path):
     assert bool((widths > 0).all()) and float(widths.max()) < 1e-30  # only the underflow terms
     assert alphas.positions[dead_gemm].numel() == 0
     assert any(p.numel() > 0 for p in alphas.positions.values())  # the live layer still is
+
+
+def test_real_arithmetic_drops_every_allowance_but_a_casts(tmp_path):
+    """A network bounded in real arithmetic (a VNN-LIB 2.0 query over `real` tensors) keeps no
+    allowance for onnxruntime's rounding of a sum, but keeps a Cast's, which is the operation."""
+    from tests.graphs import GraphWriter
+    from verifier.bounds.core import Interval
+    from verifier.bounds.engine import interval_bounds
+    from verifier.graph import build_network
+    from verifier.load import load_model
+
+    writer = GraphWriter(np.random.default_rng(0))
+    total = writer.dense("x", 3, 4, gemm=True)
+    half = writer.op("Cast", [writer.op("Cast", [total], to=TensorProto.FLOAT16)], to=TensorProto.FLOAT)
+    path = tmp_path / "cast.onnx"
+    onnx.save(writer.model([1, 3], half, [1, 4]), path)
+    network = build_network(load_model(str(path)))
+    point = torch.tensor([[0.1, -0.7, 0.3]])
+
+    def widths() -> list[Tensor]:
+        bounds = interval_bounds(network, Interval(point, point))
+        return [b.upper - b.lower for b in bounds]
+
+    deployed = widths()
+    network.real_arithmetic = True
+    real = widths()
+    gemm = next(i for i, node in enumerate(network.nodes) if node.label.startswith("Gemm"))
+    cast = next(i for i, node in enumerate(network.nodes) if node.label.startswith("Cast"))
+    # the Gemm keeps only the rounding of its own bound's float computation
+    assert bool((real[gemm] < 0.8 * deployed[gemm]).all())
+    # the cast to float16 adds the same allowance in both (float16's rounding, about 1e-3 relative)
+    source = network.nodes[cast].inputs[0]
+    added = [w[cast] - w[source] for w in (deployed, real)]
+    assert bool((added[1] > 0).all()) and torch.allclose(added[0], added[1], rtol=1e-3)

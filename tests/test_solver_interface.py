@@ -146,6 +146,19 @@ def test_hidden_tensor_that_the_model_lacks(tmp_path, capsys, models):
     assert code == 2 and out == [] and 'the hidden tensor "nowhere" of H is not computed by' in err
 
 
+@pytest.mark.parametrize("element,verdicts", [("real", {"unsat"}), ("float32", {"timed-out", "unknown"})])
+def test_a_query_over_reals_is_decided_in_exact_arithmetic(tmp_path, capsys, element, verdicts):
+    # softmax lies in [0, 1] exactly; onnxruntime's rounding could take it past either end, so
+    # over float32 the bounds keep an allowance that no strict comparison at 0 or 1 can beat
+    path = save_model(tmp_path / "softmax.onnx", [helper.make_node("Softmax", ["x"], ["y"], axis=0)],
+                      [("x", [2])], [("y", [2])])
+    text = (f"(declare-network N (declare-input X {element} [2]) (declare-output Y {element} [2]))\n"
+            "(assert (and (>= X[0] -1000.0) (<= X[0] 1000.0))) (assert (and (>= X[1] -1000.0) (<= X[1] 1000.0)))\n"
+            "(assert (or (< Y[0] 0.0) (> Y[0] 1.0)))")
+    code, out, _ = decide(capsys, write(tmp_path, text), f"N={path}", extra=("--timeout", "2"))
+    assert code == 0 and out[0] in verdicts and len(out) == 1
+
+
 def test_unsupported_operator_is_unknown(tmp_path, capsys):
     path = save_model(tmp_path / "cumsum.onnx", [helper.make_node("CumSum", ["x", "axis"], ["y"])],
                       [("x", [2])], [("y", [2])], [numpy_helper.from_array(np.array(0, dtype=np.int64), "axis")])

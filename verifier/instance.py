@@ -39,4 +39,5 @@ def open_instance(model_path: str, prop: str | Property, device: str = "cpu",
         return Instance(prop, model, None, None)
     probe = torch.from_numpy((prop.cases[0].lower + prop.cases[0].upper) / 2)
     network = build_network(model, probe, opaque=True).to(device)
+    network.real_arithmetic = prop.real_arithmetic
     return Instance(prop, model, network, Spec.build(prop, network.input_shape, network.dtype, device))

@@ -49,10 +49,10 @@ class Proof:
 
 def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
                time_left: Callable[[], float] | None = None, intermediate: str = "auto"
-               ) -> tuple[LinearBound, list[Interval | None] | None]:
-    """Lower bounds [B, m] of the rows `C y` over each case's box, and (CROWN methods) the
-    intervals of every node that the bound used, found by the `intermediate` method (see
-    verifier.bounds.intermediate).
+               ) -> tuple[LinearBound, list[Interval | None]]:
+    """Lower bounds [B, m] of the rows `C y` over each case's box, and the intervals of every
+    node that the bound used: IBP's, or for CROWN methods those found by the `intermediate`
+    method (see verifier.bounds.intermediate).
 
     alpha-CROWN stops early once every case is proved, and at `time_left() <= 0` with its best
     bound so far; CROWN, or alpha-CROWN before its first bound, raises OutOfTime there.
@@ -60,7 +60,7 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
     coeffs = spec.matrix.reshape(spec.cases, spec.matrix.shape[1], *network.output_shape)
     if method == "ibp":
         bounds = interval_bounds(network, spec.box)
-        return interval_concretize(coeffs, bounds[network.output]), None
+        return interval_concretize(coeffs, bounds[network.output]), bounds
     pure_ibp = interval_concretize(coeffs, interval_bounds(network, spec.box)[network.output])
     if method == "crown":
         errors: Errors = {}
@@ -102,9 +102,10 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
         lower = np.full((spec.cases, spec.matrix.shape[1]), -np.inf)
         return Proof(method, np.zeros(spec.cases, dtype=bool), lower, time.perf_counter() - start, False,
                      interrupted=True)
-    if not keep_intervals:
+    refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype) \
+        | spec.interval_refuted_rows(intervals[network.output])
+    if not keep_intervals or method == "ibp":  # branch and bound starts from CROWN's intervals only
         intervals = None  # before a float64 re-check needs the memory
-    refuted = spec.refuted_rows(bound.lower, bound.magnitude, network.dtype)
     proved = spec.proved_cases(refuted)
     lower = bound.lower.double().cpu().numpy()
     rechecked = False

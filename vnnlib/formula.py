@@ -50,12 +50,15 @@ class Linear:
 
 @dataclass(frozen=True)
 class Compare:
-    """The atom `form <= 0`, from the comparison `source` at `line`."""
+    """The atom `form <= 0` (`form < 0` when `strict`), from the comparison `source` at `line`.
+
+    VNN-LIB 1.0 atoms are never strict (see `FormulaReader.comparison`); 2.0 queries keep it."""
 
     form: Linear
     line: int
     source: SList | None = field(default=None, compare=False, repr=False)
     written: str = field(default="", compare=False, repr=False)  # the source text, where no `source` is kept
+    strict: bool = False
 
     @property
     def text(self) -> str:

@@ -8,6 +8,7 @@ constant comparison) is dropped; a property left without cases cannot be violate
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ MAX_TERMS = 10_000
 
 @dataclass(frozen=True)
 class Disjunct:
-    """One conjunction of output rows: `matrix @ y <= offset` (float64, shapes [m, n_out] and [m]).
+    """One conjunction of output rows: `matrix @ y <= offset` (float64, shapes [m, n_out] and [m]),
+    `<` in the rows marked `strict` (empty: none is).
 
     `row_from` holds the comparison each row comes from (for messages; empty when unknown).
     """
@@ -30,6 +32,7 @@ class Disjunct:
     matrix: np.ndarray
     offset: np.ndarray
     row_from: tuple[Compare, ...] = field(default=(), compare=False, repr=False)
+    strict: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,13 @@ class Property:
     num_outputs: int
     cases: list[Case]
     declaration_lines: dict[str, int] = field(default_factory=dict)
+    # How far a counterexample may miss the property and still be accepted by the checker that
+    # scores the answer: the competition's 1e-4 for VNN-LIB 1.0 (a proof keeps that margin); 0
+    # for 2.0 queries, which are decided exactly.
+    checker_slack: float = 1e-4
+    # Whether the networks are taken in exact arithmetic (a 2.0 query whose tensors are all
+    # `real`), so that bounds need no allowance for the deployed model's rounding.
+    real_arithmetic: bool = False
 
     def check_sizes(self, model_inputs: int, model_outputs: int) -> None:
         """Raise VnnlibError unless the variables fit a model with these flat input/output sizes."""
@@ -113,11 +123,11 @@ class Property:
             return self
         cases = [
             Case(c.lower, c.upper, tuple(
-                Disjunct(np.pad(d.matrix, ((0, 0), (0, extra))), d.offset, d.row_from) for d in c.disjuncts
+                Disjunct(np.pad(d.matrix, ((0, 0), (0, extra))), d.offset, d.row_from, d.strict) for d in c.disjuncts
             ), c.lower_from, c.upper_from)
             for c in self.cases
         ]
-        return Property(self.path, self.num_inputs, model_outputs, cases, self.declaration_lines)
+        return dataclasses.replace(self, num_outputs=model_outputs, cases=cases)
 
 
 def _quoted(source: Compare | None) -> str:
@@ -232,7 +242,7 @@ class _TermBuilder:
             coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
         constant = atom.form.constant
         if not coeffs:
-            if constant > 0:  # a false constant comparison empties this term
+            if constant > 0 or (atom.strict and constant == 0):  # a false constant comparison empties this term
                 term.infeasible = True
             return
         kinds = {self.kinds[name][0] for name in coeffs}
@@ -270,4 +280,6 @@ class _TermBuilder:
             offset = np.array([d for _, d, _ in term.rows])
         else:
             matrix, offset = np.zeros((0, self.num_outputs)), np.zeros(0)
-        return Disjunct(matrix, offset, tuple(source for _, _, source in term.rows))
+        sources = tuple(source for _, _, source in term.rows)
+        strict = tuple(source.strict for source in sources)
+        return Disjunct(matrix, offset, sources, strict if any(strict) else ())

@@ -7,8 +7,10 @@ x, every network's inputs in declaration order, and z, the *observables*: the el
 products of elements that the comparisons other than input bounds read (`Observable`). The
 model that computes z from x is composed by `verifier.compose`.
 
-Strict comparisons are read as non-strict in the normal form (a proof stays sound: the bad set
-only grows); counterexamples are re-checked on the query itself (`Query.holds`), strictly.
+Strict comparisons of outputs stay strict rows of the normal form (`Disjunct.strict`); strict
+input bounds become non-strict box bounds (the box only grows, so a proof stays sound).
+Counterexamples are re-checked on the query itself (`Query.holds`), strictly. A query is decided
+exactly (`Property.checker_slack` 0), and in real arithmetic where every tensor is declared `real`.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class Query:
                     name = f"Y_{index}"
                     variables.setdefault(name, Variable("Y", index, atom.line))
                 form = form.plus(Linear({name: coeff}, 0.0))
-            return Compare(form, atom.line, atom.source)
+            return Compare(form, atom.line, atom.source, strict=atom.strict)
 
         def lower(formula: Formula2) -> Formula:
             if isinstance(formula, Atom2):
@@ -163,6 +165,8 @@ class Query:
         except VnnlibError as error:  # name inputs as the query does, not by their flat index
             raise VnnlibError(self.path, error.line, re.sub(r"X_(\d+)", lambda m: self.input_element(int(m[1])),
                                                             error.problem)) from None
+        prop.checker_slack = 0.0
+        prop.real_arithmetic = all(t.dtype == "real" for network in self.networks for t in network.tensors)
         ordered = sorted(observables.items(), key=lambda item: item[1])
         return prop, [Observable(monomial) for monomial, _ in ordered]
 

@@ -154,6 +154,9 @@ class Rule(nn.Module):
     # allowed FUNCTION_ROUNDINGS roundings of |f| + 1.
     approximated = False
     exec_dtype: torch.dtype | None = None
+    # True where the rounding to `exec_dtype` is the operation itself (a Cast to a narrower
+    # float): it stays when the network is bounded in real arithmetic (Network.real_arithmetic).
+    rounding_is_the_operation = False
 
     def ibp(self, *inputs: Interval) -> Interval:
         raise NotImplementedError

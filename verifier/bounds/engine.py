@@ -78,6 +78,8 @@ def execution_error(network: Network, index: int, bounds: list[Interval | None],
     if errors is not None and index in errors:
         return errors[index]
     node = network.nodes[index]
+    if network.real_arithmetic and not network.rules[node.rule].rounding_is_the_operation:
+        return None
     inputs = [bounds[i] for i in node.inputs]
     if any(x is None for x in inputs):
         raise ValueError(f"{node.label}: the intervals of its inputs are needed for its rounding error")

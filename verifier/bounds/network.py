@@ -34,6 +34,10 @@ class Network(nn.Module):
         self.output = output
         self.source = source
         self.unbounded = ""  # the operators that Opaque nodes stand for (graph.build_network), if any
+        # Bound the operators in exact arithmetic, as a VNN-LIB 2.0 query over `real` tensors asks:
+        # no allowance for the deployed model's rounding (engine.execution_error), except where the
+        # rounding is the operation itself (a Cast to a narrower float).
+        self.real_arithmetic = False
         self.register_buffer("_anchor", torch.zeros(()))
         consumers: list[list[int]] = [[] for _ in nodes]
         for index, node in enumerate(nodes):

@@ -392,6 +392,7 @@ class Cast(Rule):
     rounding, overflow to inf included); `forward` rounds through `target` as onnxruntime does."""
 
     preserves_box = True
+    rounding_is_the_operation = True
 
     def __init__(self, target: torch.dtype) -> None:
         super().__init__()

@@ -14,10 +14,11 @@ allowance of their own: onnxruntime never computes them), and a last node, Softm
 for onnxruntime's softmax, exp(fl(x_j - max)) / sum: its allowance is FUNCTION_ROUNDINGS + n + 2
 + D roundings of the output (n exponentials of a few ulps each, a sum of n terms, a division, and
 the rounding of each difference d, which costs |d| <= D, the group's spread, up to 89, beyond
-which the term is below e^-88), plus CLIP_ERROR. Its
-interval is also the softmax's own from the logits' interval, computed stably, and in [0, 1];
-its backward step uses sum_i y_i = 1: coefficients that are equal along a softmax group become a
-constant.
+which the term is below e^-88). Its interval is the softmax's own from the logits' interval,
+computed stably, and in [0, 1]; its backward step uses sum_i y_i = 1: coefficients that are
+equal along a softmax group become a constant. Both allow CLIP_ERROR where they use the
+decomposition's value (the interval of its input y, and the coefficients passed to it), so a
+network bounded in real arithmetic keeps [0, 1] exactly.
 
 The differences are clipped at CLIP (80) before the exponential, so that nothing overflows
 (logits 200 apart took the sum's interval to infinity). Where the clip acts, some term exceeds
@@ -106,23 +107,27 @@ class SoftmaxOutput(Rule):
         upper = (torch.exp(-torch.logsumexp(most, dim=dim + 1)) * (1 + slack)).to(y.lower.dtype)
         lower = torch.nextafter(lower, torch.zeros_like(lower)).clamp(min=0)
         upper = torch.nextafter(upper, torch.ones_like(upper)).clamp(max=1)
-        return Interval(torch.fmax(lower, y.lower), torch.fmin(upper, y.upper))
+        # the decomposition's y is within CLIP_ERROR of the softmax (module docstring)
+        below = torch.nextafter(y.lower - CLIP_ERROR, torch.full_like(lower, -torch.inf))
+        above = torch.nextafter(y.upper + CLIP_ERROR, torch.full_like(upper, torch.inf))
+        return Interval(torch.fmax(lower, below), torch.fmin(upper, above))
 
-    def execution_error(self, y: Interval, logits: Interval) -> Tensor:
-        size = torch.maximum(y.lower.abs(), y.upper.abs()).clamp(max=1)
-        error = torch.full_like(size, CLIP_ERROR)
+    def execution_error(self, y: Interval, logits: Interval) -> Tensor | None:
         if self.exec_dtype is None:
-            return error
+            return None
+        size = torch.maximum(y.lower.abs(), y.upper.abs()).clamp(max=1)
         # exp(fl(x_j - max)): the subtraction's rounding of d costs |d| roundings of the term
         shift = torch.ceil(_spread(logits, self.axis + 1).clamp(max=89))
         terms = FUNCTION_ROUNDINGS + y.lower.shape[self.axis + 1] + 2 + shift
-        return error + execution_rounding(self.exec_dtype, terms, size)
+        return execution_rounding(self.exec_dtype, terms, size)
 
     def backward(self, coeffs: Tensor, y: Interval, logits: Interval) -> Backward:
         dim = self.axis + 2
         constant = coeffs.amax(dim, keepdim=True) == coeffs.amin(dim, keepdim=True)
         shift = torch.where(constant, coeffs.amax(dim, keepdim=True), 0.0)  # sum_i y_i = 1 in each group
-        return Backward([coeffs - shift, None], row_sum(shift))
+        rest = coeffs - shift
+        # through the decomposition's y, within CLIP_ERROR of the softmax: that much under each coefficient
+        return Backward([rest, None], row_sum(shift) - CLIP_ERROR * row_sum(rest.abs()))
 
 
 def _spread(logits: Interval, dim: int) -> Tensor:
