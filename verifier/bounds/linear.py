@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from verifier.bounds.arith import affine, binary
 from verifier.bounds.bilinear import matmul_variables
-from verifier.bounds.core import Backward, Interval, Rule, Unsupported, exactly_zero, register, row_sum
+from verifier.bounds.core import Backward, Interval, Rule, Unsupported, exactly_zero, register, rounding, row_sum
 from verifier.bounds.patches import Patches
 from verifier.bounds.shape import Reshape, Transpose
 
@@ -239,8 +239,16 @@ class Reduce(Rule):
         terms = 1
         for axis in self.axes:
             terms *= self.in_shape[axis]
-        return Interval.from_center(self.forward(x.center), self.forward(x.radius),
-                                    self.forward(x.center.abs() + x.radius), terms)
+        low, high = (x.lower, x.upper) if self.factor >= 0 else (x.upper, x.lower)
+        allowance = rounding(x.lower.dtype, terms)
+
+        # each end is the sum of its own ends, whose rounding is sized by them: a sum of
+        # exponentials from 1 to 5e8 (a softmax's) keeps its lower end near 1, not 1 - 230
+        def end(values: Tensor, outwards: float) -> Tensor:
+            size = values.abs().sum(dim=tuple(a + 1 for a in self.axes), keepdim=self.keepdim) * abs(self.factor)
+            return self.forward(values) + outwards * allowance * size
+
+        return Interval(end(low, -1.0), end(high, 1.0))
 
     def backward(self, coeffs: Tensor, x: Interval | None = None) -> Backward:
         if not self.keepdim:

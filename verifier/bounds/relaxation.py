@@ -221,17 +221,19 @@ def extremum_intercepts(
 
     The extremum of a differentiable function on an interval is at an end or at a critical point
     (where f'(x) = slope); `critical` lists the candidates (NaN where there is none), which are
-    ignored outside [lower, upper]. A small outward slack covers the rounding of this evaluation.
+    ignored outside [lower, upper]. A small outward slack covers the rounding of this evaluation,
+    sized by the values at each candidate itself: exp on [-20, 20] has the lower end 2e-9 and the
+    upper 5e8, and one slack for both took the lower end to -462.
     """
-    candidates = [lower, upper] + critical
-    values = []
-    for point in candidates:
+    eps = torch.finfo(slope.dtype).eps
+    lows, highs = [], []
+    for point in [lower, upper] + critical:
         inside = (point >= lower) & (point <= upper)
         safe = torch.where(inside, point, lower)
-        values.append((f(safe) - slope * safe, inside))
-    low = torch.stack([torch.where(ok, v, torch.full_like(v, torch.inf)) for v, ok in values]).amin(0)
-    high = torch.stack([torch.where(ok, v, torch.full_like(v, -torch.inf)) for v, ok in values]).amax(0)
-    eps = torch.finfo(slope.dtype).eps
-    magnitude = 1 + slope.abs() * torch.maximum(lower.abs(), upper.abs()) + torch.maximum(low.abs(), high.abs())
-    slack = 8 * eps * magnitude
-    return low - slack, high + slack
+        product = slope * safe
+        value = f(safe) - product
+        slack = 8 * eps * (1 + product.abs() + value.abs())
+        # an infinite value (an overflow) leaves that side unbounded
+        lows.append(torch.where(inside, (value - slack).nan_to_num(nan=-torch.inf), torch.inf))
+        highs.append(torch.where(inside, (value + slack).nan_to_num(nan=torch.inf), -torch.inf))
+    return torch.stack(lows).amin(0), torch.stack(highs).amax(0)
