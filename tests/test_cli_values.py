@@ -39,6 +39,17 @@ def test_an_infinite_timeout_means_no_limit_with_the_watchdog_path():
     assert (done.returncode, done.stdout.strip()) == (0, "unsat") and done.stderr == "", done.stderr
 
 
+def test_the_process_ends_with_its_verdict_before_the_watchdog(tmp_path):
+    # a teardown that outlives the watchdog's grace (torch's can take a second; here an exit
+    # handler of 30 s) must not run: the run would be killed after its verdict and print `timeout` too
+    results = tmp_path / "results.txt"
+    script = ("import atexit, sys, time; atexit.register(time.sleep, 30); from verifier.cli import entry; "
+              f"sys.argv = ['verify', {MODEL!r}, {SAFE!r}, '--timeout', '6', '--results', {str(results)!r}]; entry()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "unsat\n"), done.stderr
+    assert results.read_text().strip() == "unsat"
+
+
 @pytest.mark.parametrize("assignment, allowed", [
     ("alpha.iterations=abc", "an integer >= 0"), ("alpha.iterations=-3", "an integer >= 0"),
     ("branch.batch=0", "an integer >= 1"), ("alpha.intermediate=maybe", "true or false"),
