@@ -18,8 +18,8 @@ from tests.conftest import (
 )
 from tests.test_search import relu_network
 from tests.test_soundness_random import network_for
-from verifier.bounds import activation, optimize
-from verifier.bounds.core import Interval
+from verifier.bounds import activation, bilinear, optimize
+from verifier.bounds.core import Backward, Interval
 from verifier.bounds.engine import backward_bound, crown_bounds
 from verifier.bounds.optimize import Adam, optimize_bounds
 from verifier.bounds.relaxation import AlphaStore, extremum_intercepts
@@ -97,6 +97,54 @@ def test_random_parameters_catch_intercepts_that_ignore_the_critical_points(monk
         points = soundness.sample_points(network, box, generator)
         found += soundness.violations(network, bounds, slacks, points, 1e-9)
     assert found
+
+
+def test_products_of_two_variables_take_plane_weights():
+    """The random-parameter check above reaches the product rules' weights (Mul, Div and MatMul
+    of two variables in the products family)."""
+    network = network_for("products", 0)
+    box = soundness.random_box(network, torch.Generator().manual_seed(0))
+    alphas = AlphaStore()
+    with torch.no_grad():
+        crown_bounds(network, box, alphas)
+    weighted = {type(network.rule(key[1])) for key in alphas.params}
+    assert {bilinear.Multiply, bilinear.MatMulVariables} <= weighted
+
+
+def _unprojected_mixes(alpha, coeffs):
+    def start():
+        half = torch.full_like(coeffs, 0.5)
+        return [half, half.clone()]
+
+    return tuple(alpha.values(start, lambda p: p))  # weights outside [0, 1]: extrapolated planes
+
+
+def _alpha_offsets_negated(rule):
+    original = rule.backward
+
+    def broken(self, coeffs, x, y, alpha=None):
+        step = original(self, coeffs, x, y, alpha)
+        return step if alpha is None else Backward(step.inputs, -step.bias)
+    return broken
+
+
+@pytest.mark.parametrize("mutation", ["projection dropped", "Multiply offsets", "MatMulVariables offsets"])
+def test_random_plane_weights_catch_broken_product_relaxations(monkeypatch, mutation):
+    if mutation == "projection dropped":
+        monkeypatch.setattr(bilinear, "_mixes", _unprojected_mixes)
+    else:
+        rule = getattr(bilinear, mutation.split()[0])
+        monkeypatch.setattr(rule, "backward", _alpha_offsets_negated(rule))
+    found = []
+    for seed in range(6):
+        network = network_for("products", seed)
+        generator = torch.Generator().manual_seed(seed)
+        box = soundness.random_box(network, generator)
+        bounds, slacks = random_alpha_bounds(network, box, generator)
+        found += soundness.violations(network, bounds, slacks, soundness.sample_points(network, box, generator), 1e-9)
+        if found:
+            break
+    assert found, f"{mutation} went unnoticed"
 
 
 @pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
@@ -203,6 +251,7 @@ def test_only_rules_with_free_parameters_declare_alpha():
 
     assert Rule.has_alpha is False
     assert activation.ReLU().has_alpha and activation.Sigmoid().has_alpha
+    assert bilinear.Multiply((2,), (2,)).has_alpha and bilinear.MatMulVariables((2, 2), (2, 2)).has_alpha
     assert not activation.Sign().has_alpha and not Reduce((0,), True, 1.0, (2,)).has_alpha
 
 

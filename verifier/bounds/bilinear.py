@@ -7,6 +7,13 @@ either plane and needs no choice:
     upper:  cy x + cx y - (lx uy + ux ly) / 2
 Both lines share their slopes, so a backward step sends A * cy to x and A * cx to y whatever the
 sign of A, and only the bias depends on the sign. A zero-width operand makes the planes exact.
+
+alpha-CROWN mixes the two planes of each side instead, with a weight per row and output element
+(t for the lower side, s for the upper, each in [0, 1]; 0.5 is the average above):
+    lower:  t (ly x + lx y - lx ly) + (1 - t) (uy x + ux y - ux uy)
+    upper:  s (uy x + lx y - lx uy) + (1 - s) (ly x + ux y - ux ly)
+Any mix of valid planes is valid. In a matrix product the terms x_ik y_kj of one output (i, j)
+share its weights, so the parameters are shaped like the coefficients.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from torch import Tensor
 
 from verifier.bounds.core import Backward, Interval, Rule, Unsupported, rounding, row_sum, sum_to_shape
+from verifier.bounds.relaxation import AlphaSlot
 from verifier.bounds.shape import align_rank
 from verifier.bounds.smooth import Power, reciprocal
 
@@ -23,6 +31,7 @@ class Multiply(Rule):
     """Element-wise x * y of two variables (broadcast)."""
 
     needs_bounds = True
+    has_alpha = True
 
     def __init__(self, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -37,11 +46,21 @@ class Multiply(Rule):
         error = rounding(low.dtype, 1) * torch.maximum(low.abs(), high.abs())
         return Interval(low - error, high + error)
 
-    def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
+    def backward(self, coeffs: Tensor, x: Interval, y: Interval, alpha: AlphaSlot | None = None) -> Backward:
         positive = coeffs.clamp(min=0)
         negative = coeffs - positive
-        lower_offset = (x.lower * y.lower + x.upper * y.upper).unsqueeze(1) / 2
-        upper_offset = (x.lower * y.upper + x.upper * y.lower).unsqueeze(1) / 2
+        lx, ux, ly, uy = (t.unsqueeze(1) for t in (x.lower, x.upper, y.lower, y.upper))
+        if alpha is not None:
+            t, s = _mixes(alpha, coeffs)
+            # each side's slopes and offset: the weighted planes (module docstring)
+            lower_offset = t * (lx * ly) + (1 - t) * (ux * uy)
+            upper_offset = s * (lx * uy) + (1 - s) * (ux * ly)
+            to_x = positive * (uy - t * (uy - ly)) + negative * (ly + s * (uy - ly))
+            to_y = positive * (ux - t * (ux - lx)) + negative * (ux - s * (ux - lx))
+            bias = -row_sum(positive * lower_offset + negative * upper_offset)
+            return Backward([sum_to_shape(to_x, self.x_shape), sum_to_shape(to_y, self.y_shape)], bias)
+        lower_offset = (lx * ly + ux * uy) / 2
+        upper_offset = (lx * uy + ux * ly) / 2
         bias = -row_sum(positive * lower_offset + negative * upper_offset)
         to_x = sum_to_shape(coeffs * y.center.unsqueeze(1), self.x_shape)
         to_y = sum_to_shape(coeffs * x.center.unsqueeze(1), self.y_shape)
@@ -53,6 +72,7 @@ class MatMulVariables(Rule):
 
     needs_bounds = True
     sums_products = True
+    has_alpha = True
 
     def __init__(self, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -71,16 +91,37 @@ class MatMulVariables(Rule):
         magnitude = (cx.abs() + rx) @ (cy.abs() + ry)
         return Interval.from_center(cx @ cy, radius, magnitude, 3 * x.lower.shape[-1])
 
-    def backward(self, coeffs: Tensor, x: Interval, y: Interval) -> Backward:
+    def backward(self, coeffs: Tensor, x: Interval, y: Interval, alpha: AlphaSlot | None = None) -> Backward:
         positive = coeffs.clamp(min=0)
         negative = coeffs - positive
         lx, ux, ly, uy = (t.unsqueeze(1) for t in (x.lower, x.upper, y.lower, y.upper))
+        if alpha is not None:
+            t, s = _mixes(alpha, coeffs)
+            # the weight of each operand's lower and upper bound in the slopes of the other
+            on_lower_y, on_upper_y = positive * t + negative * (1 - s), positive * (1 - t) + negative * s
+            on_lower_x, on_upper_x = positive * t + negative * s, positive * (1 - t) + negative * (1 - s)
+            lower_offset = t * (lx @ ly) + (1 - t) * (ux @ uy)
+            upper_offset = s * (lx @ uy) + (1 - s) * (ux @ ly)
+            bias = -row_sum(positive * lower_offset + negative * upper_offset)
+            to_x = on_lower_y @ ly.transpose(-1, -2) + on_upper_y @ uy.transpose(-1, -2)
+            to_y = lx.transpose(-1, -2) @ on_lower_x + ux.transpose(-1, -2) @ on_upper_x
+            return Backward([sum_to_shape(to_x, self.x_shape), sum_to_shape(to_y, self.y_shape)], bias)
         lower_offset = (lx @ ly + ux @ uy) / 2
         upper_offset = (lx @ uy + ux @ ly) / 2
         bias = -row_sum(positive * lower_offset + negative * upper_offset)
         to_x = sum_to_shape(coeffs @ y.center.unsqueeze(1).transpose(-1, -2), self.x_shape)
         to_y = sum_to_shape(x.center.unsqueeze(1).transpose(-1, -2) @ coeffs, self.y_shape)
         return Backward([to_x, to_y], bias)
+
+
+def _mixes(alpha: AlphaSlot, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    """The planes' weights t (lower side) and s (upper side), each shaped like `coeffs` and in
+    [0, 1], starting at the average."""
+    def start() -> list[Tensor]:
+        half = torch.full_like(coeffs, 0.5)
+        return [half, half.clone()]
+
+    return tuple(alpha.values(start, lambda p: [q.clamp(0, 1) for q in p]))
 
 
 def multiply(builder, x, y):

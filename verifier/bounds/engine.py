@@ -242,7 +242,7 @@ def backward_bound(network: Network, start: int, coeffs: Tensor | Patches,
         inputs = [bounds[i] for i in node.inputs] if rule.needs_bounds else [None] * len(node.inputs)
         if isinstance(node_coeffs, Patches) and not rule.accepts_patches:
             node_coeffs = node_coeffs.to_dense()
-        if alphas is not None and rule.has_alpha:
+        if alphas is not None and rule.has_alpha and not alphas.full:
             step = rule.backward(node_coeffs, *inputs, alpha=alphas.slot((key, index)))
         else:
             step = rule.backward(node_coeffs, *inputs)

@@ -149,16 +149,16 @@ def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: 
     intermediate sweeps' parameters when they are to be optimised, fit
     `settings.intermediate_memory_mb` and (by the time this CROWN pass took) the time left (else an
     empty store)."""
-    alphas = AlphaStore()
+    # parameters beyond the memory budget would be dropped: the store stops making them there
+    alphas = AlphaStore(capacity=settings.intermediate_memory_mb * 2**20 / MEMORY_PER_PARAMETER_BYTE)
     with torch.no_grad():
         if not settings.intermediate:
-            return alphas, intermediate_bounds(network, box, intermediate, time_left=time_left)
+            return AlphaStore(), intermediate_bounds(network, box, intermediate, time_left=time_left)
         started = time.perf_counter()
         # the parameters at their CROWN values
         crown = intermediate_bounds(network, box, intermediate, alphas, time_left=time_left)
         seconds = time.perf_counter() - started
-    size = sum(p.numel() * p.element_size() for p in alphas.parameters())
-    if size * MEMORY_PER_PARAMETER_BYTE > settings.intermediate_memory_mb * 2**20:
+    if alphas.full:
         return AlphaStore(), crown
     needed = INTERMEDIATE_ITERATION_COST * settings.iterations * seconds
     if alphas.parameters() and time_left is not None and needed > STAGE_SHARE * time_left():

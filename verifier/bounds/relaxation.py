@@ -91,13 +91,19 @@ class AlphaStore:
 
     Parameters are shaped like the sweep's coefficients at the node (dense rows [B, m, *shape]
     or windows [B, m, C, Ph, Pw]) and made on first use; `positions` fixes which neurons each
-    intermediate sweep refines, so that the shapes stay the same across iterations.
+    intermediate sweep refines, so that the shapes stay the same across iterations. A store with
+    a `capacity` (bytes) stops making parameters once they would exceed it (`full`): from then on
+    the rules' own lines are used, so that a pass whose parameters will not be kept costs no
+    more than CROWN's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: float | None = None) -> None:
         self.params: dict[tuple, list[Tensor]] = {}
         self.projections: dict[tuple, object] = {}
         self.positions: dict[int, Tensor] = {}
+        self.capacity = capacity
+        self.size = 0  # bytes of parameters made
+        self.full = False
 
     def slot(self, key: tuple) -> AlphaSlot:
         return AlphaSlot(self, key)
@@ -110,6 +116,7 @@ class AlphaStore:
         self.params.clear()
         self.projections.clear()
         self.positions.clear()
+        self.size, self.full = 0, False
 
     @staticmethod
     def holding(params: dict[tuple, list[Tensor]]) -> AlphaStore:
@@ -141,10 +148,17 @@ class AlphaSlot:
     def values(self, init, project) -> list[Tensor]:
         """The parameters (made by `init()` on first use); `project(params)` maps them into their
         valid range, and is kept for the optimiser to apply after each step."""
-        if self.key not in self.store.params:
-            self.store.params[self.key] = [p.detach().clone().requires_grad_(True) for p in init()]
-        self.store.projections[self.key] = project
-        return self.store.params[self.key]
+        store = self.store
+        if self.key not in store.params:
+            start = init()
+            size = sum(p.numel() * p.element_size() for p in start)
+            if store.capacity is not None and store.size + size > store.capacity:
+                store.full = True  # the rule's own choice, not kept: the same lines as without a store
+                return [p.detach() for p in start]
+            store.size += size
+            store.params[self.key] = [p.detach().clone().requires_grad_(True) for p in start]
+        store.projections[self.key] = project
+        return store.params[self.key]
 
 
 class Elementwise(Rule):
