@@ -266,6 +266,27 @@ def test_intermediate_parameters_are_dropped_when_their_iterations_would_not_fit
     assert not hurried.parameters()
 
 
+def test_intermediate_parameters_beyond_the_memory_budget_are_not_made():
+    """A store with a capacity stops at it; the pass then gives CROWN's own intervals, and the
+    stage keeps no intermediate parameters."""
+    network = relu_network(0, width=16)
+    box = Interval(torch.full((1, 1, 2), -1.0, dtype=torch.float64), torch.full((1, 1, 2), 1.0, dtype=torch.float64))
+    with torch.no_grad():
+        plain = crown_bounds(network, box)
+        unlimited = AlphaStore()
+        crown_bounds(network, box, unlimited)
+        made = sum(p.numel() * p.element_size() for p in unlimited.parameters())
+        capped = AlphaStore(capacity=made / 2)
+        bounds = crown_bounds(network, box, capped)
+    assert capped.full and 0 < capped.size <= made / 2
+    for ours, theirs in zip(bounds[1:], plain[1:]):
+        torch.testing.assert_close(ours.lower, theirs.lower)
+        torch.testing.assert_close(ours.upper, theirs.upper)
+    settings = AlphaSettings(intermediate_memory_mb=made / 2 * optimize.MEMORY_PER_PARAMETER_BYTE / 2**20)
+    assert not optimize._start(network, box, settings)[0].parameters()
+    assert optimize._start(network, box, AlphaSettings())[0].parameters()
+
+
 def test_tightening_by_a_reference_never_rounds_past_it():
     """alpha-CROWN shifts the best bound so far onto the current one, for its gradient: on values
     of 1e16 (nn4sys) the shift rounded an upper bound of 0.5 down to 0."""
