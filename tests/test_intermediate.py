@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from tests import soundness
+from tests.test_search import relu_network, smallest_output, spec_below
 from tests.test_soundness_random import network_for
 from verifier.bounds import intermediate
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import OutOfTime, crown_bounds
 from verifier.bounds.forward import forward_bounds
-from verifier.bounds.intermediate import FORWARD_INPUTS, intermediate_bounds, resolve
+from verifier.bounds.intermediate import FORWARD_INPUTS, SWEEPS_WORTH, intermediate_bounds, resolve
+from verifier.prove import prove
 from verifier.search import _BoxSearch
+from verifier.settings import BranchSettings
 
 
 def _box(count: int) -> Interval:
@@ -136,3 +139,23 @@ def test_input_splitting_keeps_the_sweeps_only_where_they_are_cheap(backward, ex
     search._choose_intermediate({"forward": 1.0, "backward": backward})
     assert (search.intermediate, search.measure_sweeps) == (expected, False)
     assert any("forward-mode" in r.getMessage() for r in caplog.records) == (expected == "forward")
+
+
+@pytest.mark.parametrize("ratio, expected", [(None, "both"), (1.0, "both"), (SWEEPS_WORTH * 2, "forward")])
+def test_input_splitting_takes_the_bound_pass_measure_of_the_sweeps(ratio, expected):
+    """The bound pass before the search reports how its sweeps compared with its forward pass; the
+    sub-boxes then need no measuring of their own (only where no ratio is known)."""
+    network = relu_network(0, width=12)
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+    crown = prove(network, spec, "crown")
+    assert crown.sweep_ratio is not None and crown.sweep_ratio > 0  # two inputs: `auto` is `both`
+    found = _BoxSearch(network, spec, 0, crown.intervals, BranchSettings(), sweep_ratio=ratio)
+    assert (found.intermediate, found.measure_sweeps) == (expected, ratio is None)
+
+
+def test_the_sweep_ratio_is_reported_only_for_forward_then_backward_passes():
+    network = relu_network(0, width=12)
+    spec = spec_below(0.0, -0.5, 0.5, 2)
+    assert prove(network, spec, "crown", intermediate="backward").sweep_ratio is None
+    assert prove(network, spec, "ibp").sweep_ratio is None
+

@@ -41,6 +41,9 @@ class Proof:
     rechecked: bool         # whether float64 was needed
     intervals: list[Interval | None] | None = None  # every node's bounds (CROWN methods), [B, *shape]
     interrupted: bool = False  # the deadline came before the bound did (nothing proved)
+    # CROWN with forward then backward intermediate bounds (`both`): the sweeps' time over the
+    # forward pass's, which input splitting's choice of method reads; None for other passes
+    sweep_ratio: float | None = None
 
     @property
     def all_proved(self) -> bool:
@@ -48,11 +51,11 @@ class Proof:
 
 
 def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None = None,
-               time_left: Callable[[], float] | None = None, intermediate: str = "auto"
-               ) -> tuple[LinearBound, list[Interval | None]]:
+               time_left: Callable[[], float] | None = None, intermediate: str = "auto",
+               seconds: dict[str, float] | None = None) -> tuple[LinearBound, list[Interval | None]]:
     """Lower bounds [B, m] of the rows `C y` over each case's box, and the intervals of every
     node that the bound used: IBP's, or for CROWN methods those found by the `intermediate`
-    method (see verifier.bounds.intermediate).
+    method (see verifier.bounds.intermediate; CROWN's time of each part goes to `seconds`).
 
     alpha-CROWN stops early once every case is proved, and at `time_left() <= 0` with its best
     bound so far; CROWN, or alpha-CROWN before its first bound, raises OutOfTime there.
@@ -65,7 +68,7 @@ def spec_bound(network: Network, spec: Spec, method: str, alpha: AlphaSettings |
     if method == "crown":
         errors: Errors = {}
         bounds = intermediate_bounds(network, spec.box, resolve(intermediate, spec.box), errors=errors,
-                                     time_left=time_left)
+                                     time_left=time_left, seconds=seconds)
         return tightest([backward_bound(network, network.output, coeffs, bounds, errors=errors),
                          interval_concretize(coeffs, bounds[network.output]), pure_ibp]), bounds
     if method == "alpha-crown":
@@ -95,9 +98,10 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
     close rows in float64. The node intervals are kept in the result only with `keep_intervals`
     (on large models they take gigabytes)."""
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
     try:
         with torch.no_grad():
-            bound, intervals = spec_bound(network, spec, method, alpha, time_left, intermediate)
+            bound, intervals = spec_bound(network, spec, method, alpha, time_left, intermediate, seconds)
     except OutOfTime:  # nothing proved; the caller goes on with what time is left (the attack)
         lower = np.full((spec.cases, spec.matrix.shape[1]), -np.inf)
         return Proof(method, np.zeros(spec.cases, dtype=bool), lower, time.perf_counter() - start, False,
@@ -124,4 +128,5 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
                 proved = spec.proved_cases(refuted)
             except OutOfTime:
                 pass  # the float32 result stands
-    return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals)
+    ratio = seconds["backward"] / max(seconds["forward"], 1e-9) if len(seconds) == 2 else None
+    return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals, sweep_ratio=ratio)

@@ -122,20 +122,23 @@ def split_nodes(network: Network) -> dict[int, int]:
 
 def branch_and_bound(network: Network, spec: Spec, case: int, root: list[Interval | None],
                      settings: BranchSettings, time_left: Callable[[], float], on: str = "relu",
-                     probe: Probe | None = None, root_seconds: float = 0.0, intermediate: str = "auto") -> SearchResult:
+                     probe: Probe | None = None, root_seconds: float = 0.0, intermediate: str = "auto",
+                     sweep_ratio: float | None = None) -> SearchResult:
     """Prove case `case` of the spec by splitting neurons (`on="relu"`) or the input box (`"input"`),
     starting from intervals `root` ([B, ...], all cases) that hold on its box; stops when
     `time_left()` (seconds) would run out, or when `probe` confirms a counterexample. The first
     bound (the root's) is started only when 1.5 x `root_seconds`, an estimate of its cost, is
     left. Input splitting bounds its sub-boxes with the `intermediate` method (see
-    verifier.bounds.intermediate), whose passes `time_left` cuts short."""
+    verifier.bounds.intermediate), whose passes `time_left` cuts short; under `auto`, the forward
+    pass alone where the backward sweeps of the bound pass before took over SWEEPS_WORTH times
+    its forward pass (`sweep_ratio`; where that is not known, as measured on the first sub-boxes)."""
     start = time.perf_counter()
     if time_left() < 1.5 * root_seconds:
         return SearchResult(False, 0, 1, 0.0, "time")
     if on == "relu":
         search: _Search | _BoxSearch = _Search(network, spec, case, root, settings, probe)
     else:
-        search = _BoxSearch(network, spec, case, root, settings, probe, intermediate, time_left)
+        search = _BoxSearch(network, spec, case, root, settings, probe, intermediate, time_left, sweep_ratio)
     if not search.splittable:
         return SearchResult(False, 0, 1, time.perf_counter() - start, "no split left")
     try:
@@ -556,12 +559,15 @@ class _BoxSearch(_Case):
 
     def __init__(self, network: Network, spec: Spec, case: int, root: list[Interval | None],
                  settings: BranchSettings, probe: Probe | None = None, intermediate: str = "auto",
-                 time_left: Callable[[], float] | None = None) -> None:
+                 time_left: Callable[[], float] | None = None, sweep_ratio: float | None = None) -> None:
         super().__init__(network, spec, case, root, settings, probe)
         # a box's forward pass or sweeps (nn4sys normal_1000's root: 11-24 s) stop with the time
         self.time_left = time_left
         self.intermediate = resolve(intermediate, self.box)
-        self.measure_sweeps = intermediate == "auto" and self.intermediate == "both"
+        choosing = intermediate == "auto" and self.intermediate == "both"
+        self.measure_sweeps = choosing and sweep_ratio is None
+        if choosing and sweep_ratio is not None and sweep_ratio > SWEEPS_WORTH:
+            self._use_forward(sweep_ratio, "the bound pass's")
         self.splittable = True
         self.max_domains = self._domain_cap(2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1])
 
@@ -587,9 +593,12 @@ class _BoxSearch(_Case):
         they cost more than SWEEPS_WORTH forward passes."""
         self.measure_sweeps = False
         if seconds["backward"] > SWEEPS_WORTH * seconds["forward"]:
-            self.intermediate = "forward"
-            log.info("input splitting: forward-mode intermediate bounds (backward sweeps took %.2fs, %.0fx the "
-                     "forward pass)", seconds["backward"], seconds["backward"] / max(seconds["forward"], 1e-9))
+            self._use_forward(seconds["backward"] / max(seconds["forward"], 1e-9), "the first sub-boxes'")
+
+    def _use_forward(self, ratio: float, where: str) -> None:
+        self.intermediate = "forward"
+        log.info("input splitting: forward-mode intermediate bounds (%s backward sweeps took %.1fx the forward "
+                 "pass)", where, ratio)
 
     def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None,
                known: list[Interval | None] | None = None) -> _Domains:

@@ -84,6 +84,7 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
     # CROWN, then (when the family asks for it) its optimised form
     stages = {"ibp": [], "crown": ["crown"], "alpha-crown": ["crown", "alpha-crown"]}[settings.bound_method]
     branching = settings.branch.split != "none"
+    sweep_ratio = None  # of CROWN's pass, for input splitting's choice of intermediate bounds
     for method in stages:
         if deadline.expired():
             break
@@ -96,6 +97,7 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
         proof = prove(network, spec, method, settings.alpha, deadline.remaining, keep_intervals=branching,
                       intermediate=settings.intermediate)
         timings[method] = proof.seconds
+        sweep_ratio = proof.sweep_ratio if method == "crown" else sweep_ratio
         log.info("%s: %d/%d boxes proved in %.3fs%s", method, proof.proved.sum(), spec.cases, proof.seconds,
                  " (float64 re-check)" if proof.rechecked else " (cut short by the deadline)" if proof.interrupted
                  else "")
@@ -107,7 +109,7 @@ def verify_instance(model_path: str, prop: str | Property, settings: Settings, d
                  "operator, whose values no split narrows)")
         branching = False
     if branching and proof.intervals is not None and not deadline.expired():
-        outcome = _branch(network, spec, proof, settings, falsifier, deadline, timings)
+        outcome = _branch(network, spec, proof, settings, falsifier, deadline, timings, sweep_ratio)
         if outcome is not None:
             return outcome
 
@@ -130,7 +132,7 @@ def _attack_only(falsifier: Falsifier, deadline: Deadline, timings: dict[str, fl
 
 
 def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, falsifier: Falsifier,
-            deadline: Deadline, timings: dict[str, float]) -> Outcome | None:
+            deadline: Deadline, timings: dict[str, float], sweep_ratio: float | None = None) -> Outcome | None:
     """Branch and bound on every case the bound pass left open, easiest (highest bound) first:
     unsat when every case is proved, sat when a domain's bound minimiser is a counterexample."""
     on = split_kind(spec, settings.branch.split)
@@ -143,7 +145,8 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
             # the root reuses the bound pass's intervals, but an input split's children cost about
             # a CROWN pass each: the search starts only with time for about one
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
-                                      on, probe, timings.get("crown", 0.0) / spec.cases, settings.intermediate)
+                                      on, probe, timings.get("crown", 0.0) / spec.cases, settings.intermediate,
+                                      sweep_ratio)
             log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",
                      "neuron" if on == "relu" else on, case,
                      result.reason, result.domains_bounded, result.open_domains, result.seconds)
