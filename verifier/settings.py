@@ -96,8 +96,9 @@ class Settings:
     intermediate: str = setting("auto", "the intermediate bounds of CROWN passes: backward sweeps from every "
                                 "neuron a relaxation needs (backward), forward-mode linear bounds (forward), "
                                 "forward then backward sweeps on the neurons it leaves unstable (both), or "
-                                "by the input (auto: with at most 64 inputs both, forward in the sub-boxes of "
-                                "input splitting; backward otherwise)", choices=INTERMEDIATE)
+                                "by the input (auto: with at most 64 inputs both, but forward alone in the sub-boxes "
+                                "of input splitting where the sweeps cost over 8 forward passes; backward otherwise)",
+                                choices=INTERMEDIATE)
     attack: AttackSettings = field(default_factory=AttackSettings)
     alpha: AlphaSettings = field(default_factory=AlphaSettings)
     branch: BranchSettings = field(default_factory=BranchSettings)
