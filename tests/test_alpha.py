@@ -83,20 +83,26 @@ def test_bounds_at_random_parameters_contain_sampled_values(family, seed):
     assert soundness.violations(network, bounds, slacks, points, 1e-9) == []
 
 
+def _violations_at_random_parameters(family: str, seeds) -> list:
+    """Sampled values outside the bounds at random parameters, on the family's networks of the
+    given seeds (up to the first seed with any)."""
+    for seed in seeds:
+        network = network_for(family, seed)
+        generator = torch.Generator().manual_seed(seed)
+        box = soundness.random_box(network, generator)
+        bounds, slacks = random_alpha_bounds(network, box, generator)
+        found = soundness.violations(network, bounds, slacks, soundness.sample_points(network, box, generator), 1e-9)
+        if found:
+            return found
+    return []
+
+
 def test_random_parameters_catch_intercepts_that_ignore_the_critical_points(monkeypatch):
     # sigmoid/tanh lines are sound for any slope because the intercepts come from the extremum
     # over [l, u]; checking only the ends is wrong at most slopes, which random values must reveal
     monkeypatch.setattr(activation.SShaped, "intercepts",
                         lambda self, slope, lower, upper: extremum_intercepts(self.f, slope, lower, upper, []))
-    found = []
-    for seed in range(3):
-        network = network_for("dense", seed)
-        generator = torch.Generator().manual_seed(seed)
-        box = soundness.random_box(network, generator)
-        bounds, slacks = random_alpha_bounds(network, box, generator)
-        points = soundness.sample_points(network, box, generator)
-        found += soundness.violations(network, bounds, slacks, points, 1e-9)
-    assert found
+    assert _violations_at_random_parameters("dense", range(3))
 
 
 def test_products_of_two_variables_take_plane_weights():
@@ -135,16 +141,7 @@ def test_random_plane_weights_catch_broken_product_relaxations(monkeypatch, muta
     else:
         rule = getattr(bilinear, mutation.split()[0])
         monkeypatch.setattr(rule, "backward", _alpha_offsets_negated(rule))
-    found = []
-    for seed in range(6):
-        network = network_for("products", seed)
-        generator = torch.Generator().manual_seed(seed)
-        box = soundness.random_box(network, generator)
-        bounds, slacks = random_alpha_bounds(network, box, generator)
-        found += soundness.violations(network, bounds, slacks, soundness.sample_points(network, box, generator), 1e-9)
-        if found:
-            break
-    assert found, f"{mutation} went unnoticed"
+    assert _violations_at_random_parameters("products", range(6)), f"{mutation} went unnoticed"
 
 
 @pytest.mark.parametrize("family", ["dense", "conv", "shape", "products", "residual"])
