@@ -461,3 +461,20 @@ def test_the_root_is_not_bounded_when_its_estimated_cost_does_not_fit():
     result = branch_and_bound(network, spec, 0, crown.intervals, BranchSettings(), lambda: 2.0, "relu",
                               root_seconds=1.0)
     assert result.domains_bounded > 0
+
+
+@pytest.mark.parametrize("on", ["relu", "input"])
+def test_the_bound_pass_bound_is_a_floor_for_the_root_domain(on):
+    """The search's first bound of the box starts from fresh parameters; the bound pass's own
+    bound of the rows (alpha-CROWN's) holds on every sub-domain, so the root keeps the higher."""
+    network = relu_network(4, width=16, activation="Sigmoid")
+    spec = spec_below(smallest_output(network, -0.5, 0.5, 2) + 1e-3, -0.5, 0.5, 2)
+    alpha = prove(network, spec, "alpha-crown")
+    assert not alpha.all_proved and alpha.bound is not None
+    kind = search._Search if on == "relu" else search._BoxSearch
+    settings = BranchSettings(iterations=1)
+    plain = kind(network, spec, 0, alpha.intervals, settings).bound_children(None)
+    floored = kind(network, spec, 0, alpha.intervals, settings, root_bound=alpha.bound).bound_children(None)
+    assert bool((floored.bound.lower >= alpha.bound.lower).all())
+    assert bool((floored.bound.lower >= plain.bound.lower).all())
+    assert bool((floored.bound.lower > plain.bound.lower).any())  # CROWN's root is looser here

@@ -41,6 +41,7 @@ class Proof:
     rechecked: bool         # whether float64 was needed
     intervals: list[Interval | None] | None = None  # every node's bounds (CROWN methods), [B, *shape]
     interrupted: bool = False  # the deadline came before the bound did (nothing proved)
+    bound: LinearBound | None = None  # the rows' bound as computed [B, m] (network dtype), unless cut short
     # CROWN with forward then backward intermediate bounds (`both`): the sweeps' time over the
     # forward pass's, which input splitting's choice of method reads; None for other passes
     sweep_ratio: float | None = None
@@ -129,4 +130,5 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
             except OutOfTime:
                 pass  # the float32 result stands
     ratio = seconds["backward"] / max(seconds["forward"], 1e-9) if len(seconds) == 2 else None
-    return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals, sweep_ratio=ratio)
+    return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals, bound=bound,
+                 sweep_ratio=ratio)

@@ -146,7 +146,7 @@ def _branch(network: Network, spec: Spec, proof: Proof, settings: Settings, fals
             # a CROWN pass each: the search starts only with time for about one
             result = branch_and_bound(network, spec, int(case), proof.intervals, settings.branch, deadline.remaining,
                                       on, probe, timings.get("crown", 0.0) / spec.cases, settings.intermediate,
-                                      sweep_ratio)
+                                      sweep_ratio, proof.bound)
             log.info("branch and bound (%s splits), box %d: %s after %d domain(s), %d open, %.2fs",
                      "neuron" if on == "relu" else on, case,
                      result.reason, result.domains_bounded, result.open_domains, result.seconds)
