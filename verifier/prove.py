@@ -23,7 +23,7 @@ from verifier.bounds.engine import (
     interval_bounds,
     interval_concretize,
 )
-from verifier.bounds.intermediate import intermediate_bounds, resolve
+from verifier.bounds.intermediate import intermediate_bounds, resolve, sweeps_over_forward
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import optimize_bounds
 from verifier.settings import AlphaSettings
@@ -129,6 +129,5 @@ def prove(network: Network, spec: Spec, method: str, alpha: AlphaSettings | None
                 proved = spec.proved_cases(refuted)
             except OutOfTime:
                 pass  # the float32 result stands
-    ratio = seconds["backward"] / max(seconds["forward"], 1e-9) if len(seconds) == 2 else None
     return Proof(method, proved, lower, time.perf_counter() - start, rechecked, intervals, bound=bound,
-                 sweep_ratio=ratio)
+                 sweep_ratio=sweeps_over_forward(seconds))

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from verifier.bounds.core import Interval
 from verifier.bounds.engine import Errors, LinearBound, OutOfTime, backward_bound, crown_bounds, interval_concretize
-from verifier.bounds.intermediate import SWEEPS_WORTH, intermediate_bounds, resolve
+from verifier.bounds.intermediate import SWEEPS_WORTH, intermediate_bounds, resolve, sweeps_over_forward
 from verifier.bounds.network import Network
 from verifier.bounds.optimize import Adam, keep_best
 from verifier.bounds.patches import Patches, densify
@@ -572,10 +572,9 @@ class _BoxSearch(_Case):
         # a box's forward pass or sweeps (nn4sys normal_1000's root: 11-24 s) stop with the time
         self.time_left = time_left
         self.intermediate = resolve(intermediate, self.box)
-        choosing = intermediate == "auto" and self.intermediate == "both"
-        self.measure_sweeps = choosing and sweep_ratio is None
-        if choosing and sweep_ratio is not None and sweep_ratio > SWEEPS_WORTH:
-            self._use_forward(sweep_ratio, "the bound pass's")
+        self.measure_sweeps = intermediate == "auto" and self.intermediate == "both"
+        if self.measure_sweeps and sweep_ratio is not None:
+            self._choose_by(sweep_ratio, "the bound pass's")
         self.splittable = True
         self.max_domains = self._domain_cap(2 * self.box.lower[0].numel() + 2 * self.coeffs.shape[1])
 
@@ -599,14 +598,16 @@ class _BoxSearch(_Case):
     def _choose_intermediate(self, seconds: dict[str, float]) -> None:
         """After the first sub-boxes under `auto`: keep `both`, or drop its backward sweeps where
         they cost more than SWEEPS_WORTH forward passes."""
-        self.measure_sweeps = False
-        if seconds["backward"] > SWEEPS_WORTH * seconds["forward"]:
-            self._use_forward(seconds["backward"] / max(seconds["forward"], 1e-9), "the first sub-boxes'")
+        self._choose_by(sweeps_over_forward(seconds), "the first sub-boxes'")
 
-    def _use_forward(self, ratio: float, where: str) -> None:
-        self.intermediate = "forward"
-        log.info("input splitting: forward-mode intermediate bounds (%s backward sweeps took %.1fx the forward "
-                 "pass)", where, ratio)
+    def _choose_by(self, ratio: float, where: str) -> None:
+        """Keep `both`, or drop its backward sweeps where they took `ratio` > SWEEPS_WORTH times
+        the forward pass (`where`: in which pass); nothing is measured after."""
+        self.measure_sweeps = False
+        if ratio > SWEEPS_WORTH:
+            self.intermediate = "forward"
+            log.info("input splitting: forward-mode intermediate bounds (%s backward sweeps took %.1fx the "
+                     "forward pass)", where, ratio)
 
     def _bound(self, lower: Tensor, upper: Tensor, refuted: np.ndarray, inherited: LinearBound | None,
                known: list[Interval | None] | None = None) -> _Domains:

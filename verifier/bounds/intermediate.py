@@ -38,6 +38,14 @@ FORWARD_INPUTS = 64
 SWEEPS_WORTH = 8.0
 
 
+def sweeps_over_forward(seconds: dict[str, float]) -> float | None:
+    """The backward sweeps' time over the forward pass's, from the `seconds` of a `both` pass
+    (None where the pass had not both parts)."""
+    if "forward" not in seconds or "backward" not in seconds:
+        return None
+    return seconds["backward"] / max(seconds["forward"], 1e-9)
+
+
 def resolve(mode: str, box: Interval) -> str:
     """The method `mode` names for this input region: `auto` is `both` with at most
     FORWARD_INPUTS inputs, and `backward` otherwise."""

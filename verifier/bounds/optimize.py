@@ -149,11 +149,11 @@ def _start(network: Network, box: Interval, settings: AlphaSettings, time_left: 
     intermediate sweeps' parameters when they are to be optimised, fit
     `settings.intermediate_memory_mb` and (by the time this CROWN pass took) the time left (else an
     empty store)."""
-    # parameters beyond the memory budget would be dropped: the store stops making them there
-    alphas = AlphaStore(capacity=settings.intermediate_memory_mb * 2**20 / MEMORY_PER_PARAMETER_BYTE)
     with torch.no_grad():
         if not settings.intermediate:
             return AlphaStore(), intermediate_bounds(network, box, intermediate, time_left=time_left)
+        # parameters beyond the memory budget would be dropped: the store stops making them there
+        alphas = AlphaStore(capacity=settings.intermediate_memory_mb * 2**20 / MEMORY_PER_PARAMETER_BYTE)
         started = time.perf_counter()
         # the parameters at their CROWN values
         crown = intermediate_bounds(network, box, intermediate, alphas, time_left=time_left)
